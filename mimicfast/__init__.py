@@ -1,0 +1,45 @@
+"""mimicfast: fast, exact MimicDiffusion adversarial purification.
+
+    >>> import mimicfast
+    >>> model = mimicfast.load_guided_diffusion("256x256_diffusion_uncond.pt", "imagenet256-uncond")
+    >>> x_pur = mimicfast.purify(x_adv, model, preset="paper", seed=0)   # x_adv in [0, 1], NCHW
+
+Importing this package never initialises CUDA and never fails because an optional backend
+(Triton, the compiled extension ``mimicfast._C``) is missing; ``mimicfast.backends()`` says what loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Public name -> module that defines it. Resolved lazily so that `import mimicfast` stays cheap
+# and independent of optional backends.
+_LAZY = {
+    "purify": "mimicfast.api",
+    "Purifier": "mimicfast.api",
+    "Preset": "mimicfast.presets",
+    "PRESETS": "mimicfast.presets",
+    "get_preset": "mimicfast.presets",
+    "backends": "mimicfast.ops",
+    "load": "mimicfast.models",
+    "load_guided_diffusion": "mimicfast.models",
+    "load_default": "mimicfast.default",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mimicfast' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

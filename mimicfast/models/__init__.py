@@ -1,0 +1,31 @@
+"""Network architectures that load public checkpoints, and their loaders.
+
+* :func:`guided_diffusion_unet` -- openai/guided-diffusion ``UNetModel`` (``create_model`` kwargs).
+* :func:`edm_network` -- NVlabs/edm SongUNet / DhariwalUNet inside VP/VE/EDM preconditioners.
+* :func:`load_guided_diffusion`, :func:`load` -- safe loaders (never execute code from a file).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "guided_diffusion_unet": "mimicfast.models.guided_diffusion",
+    "GuidedDiffusionUNet": "mimicfast.models.guided_diffusion",
+    "load_guided_diffusion": "mimicfast.models.loading",
+    "GD_CONFIGS": "mimicfast.models.loading",
+    "edm_network": "mimicfast.models.edm",
+    "load": "mimicfast.models.load",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mimicfast.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
