@@ -1,0 +1,143 @@
+"""MimicDiffusion presets: every knob of the method as a frozen dataclass (DESIGN.md §2).
+
+``paper`` is Algorithm 1 as the paper states it; ``released`` reproduces the authors' public code
+(psky1111/MimicDiffusion, CIFAR-10). Every field can be overridden::
+
+    preset = get_preset("paper").replace(scale=0.5, window=None)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from mimicfast.errors import InputError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Settings of one MimicDiffusion purification.
+
+    Attributes:
+        name: label used in reports.
+        steps: number of reverse steps T (respaced from the model's 1000 training steps when smaller).
+        spacing: which T of the 1000 training timesteps are used: ``"uniform"`` is guided-diffusion's
+            ``space_timesteps`` (0, ..., 999 evenly, rounded); ``"released"`` is the authors' code,
+            ``t_k = k * 1000 // T - 1`` for k = 1..T (9, 19, ..., 999 for T = 100).
+        window: ``(e, s)`` fractions of T; step k (k = T for the first, noisiest step, down to 1) is guided
+            iff ``e*T <= k <= s*T``. ``None`` guides every step (the "no window" ablation).
+        upsample: H of the short-range term: ``"bicubic"`` (paper), ``"nearest"`` (released code), or
+            ``None`` (long-range only).
+        long_range: include the long-range term ``||x0_hat - y||`` (False = short-range-only ablation).
+        distance: ``"l1"`` (paper) or ``"l2"`` (squared L2, the Table 5 ablation).
+        reduction: ``"sum"`` sums each term over pixels (paper's ``||.||_1``); ``"mean"`` is the released
+            code's channel-wise L1 averaged over ``reduction_batch * H * W`` (each term over its own size).
+        reduction_batch: the batch size the released code averaged over (16); fixed, so an image's result
+            never depends on its batch-mates.
+        rt: guided factor R_t: ``"inverse_abar_sq"`` = ``scale / abar_t**2`` (paper Eq. 14 with
+            x_t = sqrt(abar) x0 + ...); ``"sqrt_abar"`` = ``scale * sqrt(abar_t)`` (released code).
+        scale: multiplier of R_t.
+        jacobian: ``"vjp"`` backpropagates through the denoiser (paper); ``"constant_eps"`` holds the
+            predicted noise constant, J = 1/sqrt(abar_t) (released code).
+        eta: ancestral noise; 1 is the DDPM posterior step, 0 is DDIM.
+        learned_variance: use the model's learned variance when it has one (guided-diffusion
+            ``learn_sigma``); the released code discards it.
+        clip_denoised: clamp x0_hat to [-1, 1] in the reverse step (guided-diffusion's default); the
+            guidance loss always uses the unclipped x0_hat of Eq. 3.
+    """
+
+    name: str
+    steps: int
+    spacing: Literal["uniform", "released"]
+    window: tuple[float, float] | None
+    upsample: Literal["bicubic", "nearest"] | None
+    long_range: bool
+    distance: Literal["l1", "l2"]
+    reduction: Literal["sum", "mean"]
+    reduction_batch: int
+    rt: Literal["inverse_abar_sq", "sqrt_abar"]
+    scale: float
+    jacobian: Literal["vjp", "constant_eps"]
+    eta: float
+    learned_variance: bool
+    clip_denoised: bool
+
+    def __post_init__(self) -> None:
+        _check_choice("spacing", self.spacing, ("uniform", "released"))
+        _check_choice("upsample", self.upsample, ("bicubic", "nearest", None))
+        _check_choice("distance", self.distance, ("l1", "l2"))
+        _check_choice("reduction", self.reduction, ("sum", "mean"))
+        _check_choice("rt", self.rt, ("inverse_abar_sq", "sqrt_abar"))
+        _check_choice("jacobian", self.jacobian, ("vjp", "constant_eps"))
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
+            raise InputError(f"steps must be an integer in [1, 1000], got {self.steps!r}")
+        if self.window is not None:
+            e, s = self.window
+            if not 0.0 <= e <= s <= 1.0:
+                raise InputError(f"window (e, s) must satisfy 0 <= e <= s <= 1, got {self.window!r}")
+        if not self.long_range and self.upsample is None:
+            raise InputError("guidance has no term: long_range=False and upsample=None")
+        if self.reduction_batch < 1:
+            raise InputError(f"reduction_batch must be >= 1, got {self.reduction_batch}")
+
+    def replace(self, **changes) -> Preset:
+        """A copy with some fields changed (unknown field names raise)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise InputError(f"unknown preset field(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+
+def _check_choice(field: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise InputError(f"preset field {field!r} must be one of {choices}, got {value!r}")
+
+
+PAPER = Preset(
+    name="paper",
+    steps=1000,
+    spacing="uniform",
+    window=(0.2, 0.5),
+    upsample="bicubic",
+    long_range=True,
+    distance="l1",
+    reduction="sum",
+    reduction_batch=1,
+    rt="inverse_abar_sq",
+    scale=1.0,
+    jacobian="vjp",
+    eta=1.0,
+    learned_variance=True,
+    clip_denoised=True,
+)
+
+RELEASED = Preset(
+    name="released",
+    steps=100,
+    spacing="released",
+    window=(0.11, 0.79),
+    upsample="nearest",
+    long_range=True,
+    distance="l1",
+    reduction="mean",
+    reduction_batch=16,
+    rt="sqrt_abar",
+    scale=3000.0,
+    jacobian="constant_eps",
+    eta=1.0,
+    learned_variance=False,
+    clip_denoised=False,
+)
+
+PRESETS: dict[str, Preset] = {"paper": PAPER, "released": RELEASED}
+
+
+def get_preset(preset: str | Preset) -> Preset:
+    """Look a preset up by name (``"paper"``, ``"released"``), or pass a :class:`Preset` through."""
+    if isinstance(preset, Preset):
+        return preset
+    try:
+        return PRESETS[preset]
+    except KeyError:
+        raise InputError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}") from None
