@@ -1,0 +1,119 @@
+"""Everything becomes a denoiser ``D(x, sigma) -> x0_hat`` in sigma space (k-diffusion style).
+
+``x`` is ``x0 + sigma * n`` (sigma space, DESIGN.md §2); ``sigma`` is a tensor of shape [B] (or a
+scalar). Networks reach the sampler through :func:`as_denoiser`, which reads the network's
+``denoiser_kind`` class attribute:
+
+* ``"eps_timestep"`` -- guided-diffusion style ``model(x_t, t)`` predicting eps (and, with
+  ``learn_sigma``, the variance interpolation ``v`` in the next C channels) for the DDPM schedule;
+* ``"x0_sigma"`` -- EDM-precond style ``model(x, sigma)`` that already is a denoiser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from mimicfast.errors import InputError
+from mimicfast.sampling.schedules import alphas_cumprod, linear_betas, sigmas_from_alphas_cumprod
+
+
+class Denoiser(nn.Module):
+    """Base class: ``forward(x, sigma) -> x0_hat`` with the same shape and dtype as ``x``.
+
+    Attributes:
+        image_size: expected H = W of inputs, or None if any size works.
+        channels: expected C, or None.
+        learned_variance: True if :meth:`denoise_with_variance` returns the model's variance ``v``.
+    """
+
+    image_size: int | None = None
+    channels: int | None = None
+    learned_variance: bool = False
+
+    def denoise_with_variance(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(x0_hat, v)``; ``v`` in [-1, 1] interpolates the log variance (None without learned variance)."""
+        return self(x, sigma), None
+
+
+def _per_sample(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Broadcast ``sigma`` (scalar or [B]) to [B] in the dtype and on the device of ``x``."""
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    return sigma.expand(x.shape[0]) if sigma.dim() == 0 else sigma
+
+
+def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (x.dim() - 1)))
+
+
+class EpsTimestepDenoiser(Denoiser):
+    """Wraps an eps-prediction network trained on a discrete schedule (guided-diffusion ``UNetModel``).
+
+    ``D(x, sigma) = x - sigma * eps(x / sqrt(1 + sigma^2), t(sigma))``: the input is mapped back to VP
+    coordinates ``x_t = sqrt(abar) x~`` and the timestep is found by interpolating ``log sigma`` in the
+    training table (exact integers at the table's sigmas, which are the only ones a respaced sampler uses).
+    """
+
+    def __init__(self, model: nn.Module, betas: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.model = model
+        betas = linear_betas() if betas is None else torch.as_tensor(betas, dtype=torch.float64)
+        self.register_buffer("train_sigmas", sigmas_from_alphas_cumprod(alphas_cumprod(betas)), persistent=False)
+        self.image_size = getattr(model, "image_size", None)
+        self.channels = getattr(model, "in_channels", None)
+        self.learned_variance = bool(getattr(model, "learn_sigma", False))
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Fractional training timestep of each sigma (linear in log sigma between table entries)."""
+        log_table = self.train_sigmas.to(sigma.dtype).log()
+        log_sigma = sigma.log()
+        low = (log_sigma[None, :] >= log_table[:, None]).sum(0).sub(1).clamp(0, log_table.numel() - 2)
+        log_low, log_high = log_table[low], log_table[low + 1]
+        w = ((log_low - log_sigma) / (log_low - log_high)).clamp(0, 1)
+        return (1 - w) * low.to(sigma.dtype) + w * (low + 1).to(sigma.dtype)
+
+    def denoise_with_variance(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        sigma = _per_sample(sigma, x)
+        c_in = _bcast((1 + sigma**2).rsqrt(), x)
+        out = self.model(x * c_in, self.sigma_to_t(sigma)).to(x.dtype)
+        c = x.shape[1]
+        eps = out[:, :c]
+        v = out[:, c : 2 * c] if self.learned_variance else None
+        return x - _bcast(sigma, x) * eps, v
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.denoise_with_variance(x, sigma)[0]
+
+
+class SigmaDenoiser(Denoiser):
+    """Wraps a network that already is ``D(x, sigma)`` (EDM preconditioners, user denoisers)."""
+
+    def __init__(self, model: nn.Module | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.image_size = getattr(model, "img_resolution", getattr(model, "image_size", None))
+        self.channels = getattr(model, "img_channels", getattr(model, "channels", None))
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.model(x, _per_sample(sigma, x)).to(x.dtype)
+
+
+def as_denoiser(model: nn.Module | Callable, betas: torch.Tensor | None = None) -> Denoiser:
+    """Wrap a network from :mod:`mimicfast.models` (or any ``D(x, sigma)`` callable) as a :class:`Denoiser`.
+
+    ``betas`` overrides the DDPM linear schedule of eps-prediction models (default: the model's own
+    ``betas`` attribute if it has one, else linear 1e-4..0.02 over 1000 steps).
+    """
+    if isinstance(model, Denoiser):
+        return model
+    kind = getattr(model, "denoiser_kind", None)
+    if kind == "eps_timestep":
+        return EpsTimestepDenoiser(model, betas if betas is not None else getattr(model, "betas", None))
+    if kind == "x0_sigma" or (kind is None and callable(model)):
+        return SigmaDenoiser(model)
+    raise InputError(
+        f"cannot use {type(model).__name__} as a denoiser: expected a mimicfast model, a Denoiser, "
+        "or a callable D(x, sigma)"
+    )
