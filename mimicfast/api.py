@@ -1,0 +1,182 @@
+"""Public API: :func:`purify` and the :class:`Purifier` module.
+
+Images in user space are in [0, 1]; the diffusion model works in [-1, 1] (``2x - 1``). Purification
+starts from pure noise ``x_T ~ N(0, I)`` and runs Algorithm 1 with ``y = x_adv`` as guidance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from mimicfast.errors import InputError
+from mimicfast.presets import Preset, get_preset
+from mimicfast.sampling.ancestral import sample
+from mimicfast.sampling.denoisers import Denoiser, as_denoiser
+from mimicfast.sampling.guidance import MimicGuidance
+from mimicfast.sampling.noise import PerSampleNoise, expand_seeds
+from mimicfast.sampling.schedules import sigma_grid, space_timesteps
+
+
+def validate_images(x: object, denoiser: Denoiser | None = None) -> torch.Tensor:
+    """Check a user batch: a float tensor [B, C, H, W], B > 0, finite, in [0, 1], sized for the model."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"expected a torch.Tensor of images, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise InputError(f"expected images of shape [B, C, H, W] (rank 4), got rank {x.dim()} {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise InputError(f"expected a floating-point tensor with values in [0, 1], got dtype {x.dtype}")
+    if x.shape[0] == 0:
+        raise InputError("empty batch: x has 0 images")
+    if denoiser is not None:
+        if denoiser.channels is not None and x.shape[1] != denoiser.channels:
+            raise InputError(f"the model takes {denoiser.channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        size = denoiser.image_size
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            raise InputError(f"the model takes {size}x{size} images, got {x.shape[-2]}x{x.shape[-1]}")
+    if not bool(torch.isfinite(x).all()):
+        raise InputError("images contain NaN or Inf")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise InputError(f"image values must be in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
+    return x
+
+
+def _working_dtype(denoiser: Denoiser) -> torch.dtype:
+    """float64 for float64 models (exactness checks), float32 otherwise (fp16 weights compute internally)."""
+    params = list(denoiser.parameters())
+    return torch.float64 if params and all(p.dtype == torch.float64 for p in params) else torch.float32
+
+
+def _device_of(denoiser: Denoiser) -> torch.device:
+    for p in denoiser.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def resolve_preset(preset: str | Preset, steps: int | None, overrides: dict) -> Preset:
+    """The preset with ``steps`` and any other field overrides applied."""
+    p = get_preset(preset)
+    if steps is not None:
+        overrides = {**overrides, "steps": steps}
+    return p.replace(**overrides) if overrides else p
+
+
+def purify_batch(
+    denoiser: Denoiser,
+    y: torch.Tensor,
+    preset: Preset,
+    seeds: Sequence[int],
+    *,
+    progress: bool = False,
+    callback: Callable | None = None,
+) -> torch.Tensor:
+    """Algorithm 1 on one batch in model space: ``y`` [B, C, H, W] in [-1, 1] -> x_0 [B, C, H, W].
+
+    Every random number of sample i comes from its own stream seeded with ``seeds[i]``, so the result of
+    an image does not depend on the rest of the batch.
+    """
+    sigmas = sigma_grid(space_timesteps(preset.steps, preset.spacing))
+    noise = PerSampleNoise(seeds, y.shape[1:], device=y.device, dtype=y.dtype)
+    x = noise() * float((1 + sigmas[0] ** 2).sqrt())  # x_T ~ N(0, I) in VP = x_T / sqrt(abar_T) in sigma space
+    return sample(
+        denoiser,
+        x,
+        sigmas,
+        noise=noise,
+        eta=preset.eta,
+        guidance=MimicGuidance(y, preset, sigmas),
+        learned_variance=preset.learned_variance,
+        clip_denoised=preset.clip_denoised,
+        callback=callback,
+        progress=progress,
+    )
+
+
+def purify(
+    x: torch.Tensor,
+    model: nn.Module | Callable,
+    *,
+    preset: str | Preset = "paper",
+    steps: int | None = None,
+    seed: int | Sequence[int] = 0,
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    **overrides,
+) -> torch.Tensor:
+    """Purify adversarial images with MimicDiffusion.
+
+    Args:
+        x: [B, C, H, W] float images in [0, 1] (the adversarial inputs x_adv).
+        model: a network from :mod:`mimicfast.models` (wrapped with its schedule automatically), a
+            :class:`mimicfast.sampling.Denoiser`, or any callable ``D(x, sigma)`` in sigma space.
+        preset: ``"paper"``, ``"released"`` or a :class:`Preset`.
+        steps: number of reverse steps T (default: the preset's).
+        seed: an int (sample i gets ``seed + i``) or one seed per sample. Same seed, same output.
+        batch_size: images per sampler call (default: all at once); never changes the result.
+        device: where to run (default: the model's device).
+        progress: show a progress bar over the reverse steps.
+        **overrides: any other :class:`Preset` field, e.g. ``scale=0.5`` or ``window=None``.
+
+    Returns:
+        purified images, [B, C, H, W] in [0, 1], on x's device and in x's dtype.
+    """
+    denoiser = as_denoiser(model)
+    x = validate_images(x, denoiser)
+    p = resolve_preset(preset, steps, overrides)
+    seeds = expand_seeds(seed, x.shape[0])
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    run_device = torch.device(device) if device is not None else _device_of(denoiser)
+    denoiser = denoiser.to(run_device)
+    dtype = _working_dtype(denoiser)
+    chunk = batch_size or x.shape[0]
+    outputs = []
+    for start in range(0, x.shape[0], chunk):
+        y = x[start : start + chunk].detach().to(device=run_device, dtype=dtype) * 2 - 1
+        out = purify_batch(denoiser, y, p, seeds[start : start + chunk], progress=progress)
+        outputs.append(((out + 1) / 2).clamp(0, 1).to(device=x.device, dtype=x.dtype))
+    return torch.cat(outputs)
+
+
+class Purifier(nn.Module):
+    """MimicDiffusion as an ``nn.Module``: ``nn.Sequential(Purifier(model), classifier)`` works.
+
+    ``forward(x)`` takes and returns [B, C, H, W] images in [0, 1]. The output carries no gradient
+    to ``x`` (purification is not differentiable end to end; attack it with BPDA, see
+    :mod:`mimicfast.attacks`). Arguments are those of :func:`purify`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Callable,
+        *,
+        preset: str | Preset = "paper",
+        steps: int | None = None,
+        seed: int | Sequence[int] = 0,
+        batch_size: int | None = None,
+        progress: bool = False,
+        **overrides,
+    ) -> None:
+        super().__init__()
+        self.denoiser = as_denoiser(model)
+        self.preset = resolve_preset(preset, steps, overrides)
+        self.seed = seed
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return purify(
+            x,
+            self.denoiser,
+            preset=self.preset,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            progress=self.progress,
+        )
+
+    def extra_repr(self) -> str:
+        return f"preset={self.preset.name!r}, steps={self.preset.steps}, seed={self.seed!r}"
