@@ -10,6 +10,7 @@ resumes where an interrupted one stopped (image i always uses seed ``--seed + i`
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 
 import torch
@@ -40,6 +41,14 @@ def _output_paths(out: Path, names: list[str]) -> list[Path]:
     return [out / f"{name}_purified.png" for name in names]
 
 
+def _chunk_key(args: argparse.Namespace, chunk: torch.Tensor, start: int) -> str:
+    """Identifies a finished chunk: same pixels, model, settings and seeds give the same key."""
+    digest = hashlib.sha256(chunk.numpy().tobytes())
+    settings = (args.checkpoint.resolve(), args.config, args.preset, args.steps, args.seed + start)
+    digest.update(repr(settings).encode())
+    return digest.hexdigest()[:24]
+
+
 def run(args: argparse.Namespace) -> int:
     from mimicfast.api import purify
     from mimicfast.io import read_inputs, write_png
@@ -66,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     starts = range(0, len(names), args.batch_size)
     for start in tqdm(starts, desc="batches", unit="batch"):
         stop = min(start + args.batch_size, len(names))
-        chunk_file = partial / f"seed{args.seed}_{args.preset}_{args.steps}_{start:06d}_{stop:06d}.pt"
+        chunk_file = partial / f"{_chunk_key(args, images[start:stop], start)}.pt"
         if chunk_file.is_file():
             out = torch.load(chunk_file, map_location="cpu", weights_only=True)
         else:
