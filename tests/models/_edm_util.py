@@ -1,0 +1,128 @@
+"""Shared helpers for the EDM tests: tiny configs, random non-zero weights, EDM-format pickles."""
+
+from __future__ import annotations
+
+import collections
+import copyreg
+import math
+import pickle
+import sys
+import types
+
+import numpy as np
+import torch
+
+from mimicfast.models import edm_network
+
+# Tiny DDPM++ config in EDM's CIFAR layout (channel_mult [2,2,2], augment_dim 9) at 8x8.
+TINY_DDPMPP = dict(img_resolution=8, img_channels=3, label_dim=0, use_fp16=False, model_type="SongUNet",
+                   embedding_type="positional", encoder_type="standard", decoder_type="standard",
+                   channel_mult_noise=1, resample_filter=[1, 1], model_channels=8, channel_mult=[2, 2],
+                   num_blocks=1, attn_resolutions=[4], dropout=0.13, augment_dim=9)
+
+PERSISTENCE_MODULE = "torch_utils.persistence"
+RECONSTRUCT = "_reconstruct_persistent_obj"
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Overwrite every parameter with seeded N(0, 1/fan_in) weights (GroupNorm scales near 1, biases near 0)
+    like the fixtures do: EDM's init zeroes or shrinks output convs, which would hide bugs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            r = torch.randn(p.shape, generator=g, dtype=torch.float64)
+            if p.ndim >= 2:
+                p.copy_(r / math.sqrt(p[0].numel()))
+            else:
+                p.copy_(0.2 * r + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+    return model.eval()
+
+
+def tiny_edm(seed: int = 0, **overrides) -> torch.nn.Module:
+    kwargs = dict(TINY_DDPMPP, **overrides)
+    precond = kwargs.pop("precond_class", "EDMPrecond")
+    return randomize(edm_network(precond, **kwargs), seed)
+
+
+class _Persistent:
+    """Stand-in for an instance of an EDM ``@persistent_class``: pickles through
+    ``torch_utils.persistence._reconstruct_persistent_obj(meta)`` exactly like EDM's decorator does."""
+
+    def __init__(self, class_name: str, state: dict, module_src: str = "# source not needed\n") -> None:
+        self.meta = dict(type="class", version=6, module_src=module_src, class_name=class_name, state=state)
+
+    def __reduce__(self):
+        return (sys.modules[PERSISTENCE_MODULE].__dict__[RECONSTRUCT], (self.meta,))
+
+
+class _Container:
+    """Stand-in for a plain ``torch.nn.ModuleDict`` instance: pickled as ``NEWOBJ(ModuleDict) + BUILD(state)``,
+    the opcodes pickle writes for a real one."""
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+
+    def __reduce__(self):
+        return (copyreg.__newobj__, (torch.nn.ModuleDict,), self.state)
+
+
+def _module_state(module: torch.nn.Module, init_kwargs: dict | None) -> dict:
+    """An nn.Module's pickled __dict__ as EDM's files hold it (parameters, buffers, submodules, attributes)."""
+    state = {k: v for k, v in vars(module).items() if not k.startswith("_") and k not in ("init_kwargs",)}
+    state["training"] = module.training
+    state["_parameters"] = {k: (None if v is None else torch.nn.Parameter(v.detach().clone(), requires_grad=True))
+                            for k, v in module._parameters.items()}
+    state["_buffers"] = {k: (None if v is None else v.detach().clone()) for k, v in module._buffers.items()}
+    state["_non_persistent_buffers_set"] = set()
+    state["_forward_hooks"] = collections.OrderedDict()
+    if "skip_scale" in state:  # EDM stores np.sqrt(0.5), a numpy scalar
+        state["skip_scale"] = np.float64(state["skip_scale"])
+    children = {}
+    for name, child in module._modules.items():
+        if child is None:
+            children[name] = None
+        elif isinstance(child, torch.nn.ModuleDict):
+            children[name] = _Container(_module_state(child, None))
+        else:
+            children[name] = _Persistent(type(child).__name__, _module_state(child, {}))
+    state["_modules"] = children
+    if init_kwargs is not None:
+        state["_init_args"] = ()
+        state["_init_kwargs"] = dict(init_kwargs)
+    return state
+
+
+def edm_pickle_bytes(net: torch.nn.Module, extra: dict | None = None, module_src: str | None = None) -> bytes:
+    """Pickle ``{'ema': net, ...}`` in the format of EDM's released ``.pkl`` files (plain ``pickle.dump`` of
+    persistent objects), without EDM's code: fake ``torch_utils.persistence`` and ``torch.nn.ModuleDict``
+    globals exist only while dumping."""
+    state = _module_state(net, dict(net.init_kwargs))
+    top = _Persistent(net.precond_class, state, module_src or "# training/networks.py\n")
+    data = {"ema": top, "loss_fn": _Persistent("EDMLoss", {"P_mean": -1.2, "P_std": 1.2, "sigma_data": 0.5}),
+            "augment_pipe": None, "dataset_kwargs": {"class_name": "training.dataset.ImageFolderDataset"}}
+    data.update(extra or {})
+    return dump_with_fake_globals(data)
+
+
+def dump_with_fake_globals(obj) -> bytes:
+    """pickle.dumps with a fake ``torch_utils.persistence._reconstruct_persistent_obj`` importable meanwhile."""
+    fake = types.ModuleType(PERSISTENCE_MODULE)
+
+    def reconstruct(meta):  # never called: only its qualified name is written
+        raise AssertionError("never called")
+
+    reconstruct.__module__ = PERSISTENCE_MODULE
+    reconstruct.__qualname__ = reconstruct.__name__ = RECONSTRUCT
+    fake.__dict__[RECONSTRUCT] = reconstruct
+    pkg = types.ModuleType("torch_utils")
+    pkg.persistence = fake
+    saved = {k: sys.modules.get(k) for k in ("torch_utils", PERSISTENCE_MODULE)}
+    sys.modules["torch_utils"], sys.modules[PERSISTENCE_MODULE] = pkg, fake
+    try:
+        return pickle.dumps(obj, protocol=4)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
