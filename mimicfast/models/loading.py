@@ -174,7 +174,7 @@ def _as_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
         inner = next((obj[k] for k in _CONTAINER_KEYS if _is_tensor_mapping(obj.get(k))), None)
         if inner is None:
             bad = next((k for k, v in obj.items() if not isinstance(v, Tensor)), None)
-            what = "is empty" if not obj else f"entry {bad!r} is a {type(obj[bad]).__name__}, not a tensor"
+            what = "is empty" if not obj else f"entry {bad!r} has type {type(obj[bad]).__name__}, not Tensor"
             raise CheckpointError(f"{path}: not a state dict (name -> Tensor): {what}; containers unwrapped: "
                                   f"{', '.join(repr(k) for k in _CONTAINER_KEYS)}")
         obj = inner
