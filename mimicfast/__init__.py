@@ -10,8 +10,7 @@ Importing this package never initialises CUDA and never fails because an optiona
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mimicfast._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -32,13 +31,7 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mimicfast' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:
