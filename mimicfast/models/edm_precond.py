@@ -89,15 +89,18 @@ class VPPrecond(_Precond):
         self.M = M
         self.epsilon_t = epsilon_t
         # float32 like EDM (sigma_min = 0.0009765625 rather than the exact 0.0010005, see schedules.json).
-        self.sigma_min = float(self.sigma(epsilon_t))
-        self.sigma_max = float(self.sigma(1))
+        # On the CPU even while building on the meta device (load paths do), so the floats exist.
+        self.sigma_min = float(self.sigma(torch.tensor(epsilon_t, device="cpu")))
+        self.sigma_max = float(self.sigma(torch.tensor(1, device="cpu")))
 
     def sigma(self, t: torch.Tensor | float) -> torch.Tensor:
-        t = torch.as_tensor(t)
+        """sigma(t) of the VP SDE, t in [epsilon_t, 1] (float32 for Python floats, as EDM)."""
+        t = t if isinstance(t, torch.Tensor) else torch.as_tensor(t)
         return ((0.5 * self.beta_d * (t**2) + self.beta_min * t).exp() - 1).sqrt()
 
     def sigma_inv(self, sigma: torch.Tensor | float) -> torch.Tensor:
-        sigma = torch.as_tensor(sigma)
+        """t(sigma), the inverse of :meth:`sigma`."""
+        sigma = sigma if isinstance(sigma, torch.Tensor) else torch.as_tensor(sigma)
         return ((self.beta_min**2 + 2 * self.beta_d * (1 + sigma**2).log()).sqrt() - self.beta_min) / self.beta_d
 
     def coefficients(self, sigma: torch.Tensor) -> Coefficients:
@@ -161,7 +164,7 @@ class iDDPMPrecond(_Precond):  # noqa: N801 -- EDM's class name, matched when lo
         self.sigma_max = float(u[0])
 
     def alpha_bar(self, j: torch.Tensor | int) -> torch.Tensor:
-        j = torch.as_tensor(j, device="cpu")
+        j = j if isinstance(j, torch.Tensor) else torch.tensor(j, device="cpu")
         return (0.5 * math.pi * j / self.M / (self.C_2 + 1)).sin() ** 2
 
     def round_sigma(self, sigma: torch.Tensor | float, return_index: bool = False) -> torch.Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import copyreg
 import math
 import pickle
 import sys
@@ -55,15 +54,12 @@ class _Persistent:
         return (sys.modules[PERSISTENCE_MODULE].__dict__[RECONSTRUCT], (self.meta,))
 
 
-class _Container:
-    """Stand-in for a plain ``torch.nn.ModuleDict`` instance: pickled as ``NEWOBJ(ModuleDict) + BUILD(state)``,
-    the opcodes pickle writes for a real one."""
-
-    def __init__(self, state: dict) -> None:
-        self.state = state
-
-    def __reduce__(self):
-        return (copyreg.__newobj__, (torch.nn.ModuleDict,), self.state)
+def _container(state: dict) -> torch.nn.ModuleDict:
+    """A real ``ModuleDict`` shell holding pickled state (children are stand-ins, so it is never run): pickle
+    writes it as ``NEWOBJ(ModuleDict) + BUILD(state)`` like EDM's files."""
+    shell = torch.nn.ModuleDict.__new__(torch.nn.ModuleDict)
+    shell.__dict__.update(state)
+    return shell
 
 
 def _module_state(module: torch.nn.Module, init_kwargs: dict | None) -> dict:
@@ -82,7 +78,7 @@ def _module_state(module: torch.nn.Module, init_kwargs: dict | None) -> dict:
         if child is None:
             children[name] = None
         elif isinstance(child, torch.nn.ModuleDict):
-            children[name] = _Container(_module_state(child, None))
+            children[name] = _container(_module_state(child, None))
         else:
             children[name] = _Persistent(type(child).__name__, _module_state(child, {}))
     state["_modules"] = children

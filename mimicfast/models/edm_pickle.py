@@ -1,0 +1,373 @@
+"""Load NVlabs/edm's released ``.pkl`` networks without executing any code from the file.
+
+EDM writes ``pickle.dump({'ema': <EDMPrecond>, 'loss_fn': ..., 'augment_pipe': ..., ...})``. Its modules are
+``torch_utils.persistence`` classes: each pickles as ``_reconstruct_persistent_obj(meta)`` with
+``meta = {type: 'class', version, module_src, class_name, state}``, where ``module_src`` is the source code of the
+defining module (EDM's own loader ``exec``s it) and ``state`` the module's ``__dict__`` (``_parameters``,
+``_buffers``, ``_modules``, plain attributes, and the constructor arguments ``_init_args`` / ``_init_kwargs``).
+Tensors pickle through ``torch._utils._rebuild_tensor_v2`` / ``_rebuild_parameter`` over storages serialised as
+``torch.storage._load_from_bytes(<legacy torch.save bytes>)``; ``torch.nn.ModuleDict`` containers by class and
+state.
+
+:class:`RestrictedUnpickler` resolves only an allow-list of globals, each to a function of this module that builds
+inert data (``module_src`` stays an unused string; nested storage bytes go through
+``torch.load(weights_only=True)``); any other global raises :class:`~mimicfast.errors.CheckpointError` naming it,
+before anything from it is called. :func:`load_edm_pickle` then rebuilds mimicfast's own module from the persisted
+class name and constructor kwargs, checks every persisted submodule's class and hyper-parameters against it, and
+loads the collected tensors strictly.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import io
+import pickle
+from collections.abc import Callable, Iterator, Mapping
+from os import PathLike
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+from torch import nn
+
+from mimicfast.errors import CheckpointError
+from mimicfast.models.edm import edm_network
+from mimicfast.models.edm_precond import PRECOND_CLASSES
+
+__all__ = [
+    "PICKLE_SUFFIXES",
+    "PersistedObject",
+    "RestrictedUnpickler",
+    "is_pickle_header",
+    "load_edm_pickle",
+    "network_from_persisted",
+    "read_edm_pickle",
+]
+
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+
+
+class PersistedObject:
+    """An EDM persistent object as stored: class name, persistence version and ``__dict__`` state. Never
+    instantiated as the class it names; ``module_src`` is dropped unread."""
+
+    __slots__ = ("class_name", "state", "version")
+
+    def __init__(self, class_name: str, state: dict, version: Any) -> None:
+        self.class_name = class_name
+        self.state = state
+        self.version = version
+
+    def __repr__(self) -> str:
+        return f"PersistedObject({self.class_name!r})"
+
+
+class _PickledContainer:
+    """Stand-in for a plain ``torch.nn`` container (``ModuleDict`` ...): records the state pickle BUILDs."""
+
+    class_name = "?"
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, dict):
+            raise CheckpointError(f"pickled {self.class_name} has a non-dict state ({type(state).__name__})")
+        self.state = state
+
+
+_CONTAINERS = {name: type(name, (_PickledContainer,), {"class_name": name})
+               for name in ("ModuleDict", "ModuleList", "Sequential")}
+
+
+class _EasyDict(dict):
+    """``dnnlib.util.EasyDict`` read as a plain dict (EDM's kwargs containers)."""
+
+
+def _reconstruct_persistent_obj(meta: Any) -> PersistedObject:
+    if not isinstance(meta, dict) or meta.get("type") != "class":
+        raise CheckpointError("persistent object with unsupported meta (expected a dict with type='class')")
+    name, state = meta.get("class_name"), meta.get("state")
+    if not isinstance(name, str) or not isinstance(state, dict):
+        raise CheckpointError("persistent object without a class_name string and a state dict")
+    return PersistedObject(name, state, meta.get("version"))
+
+
+def _reconstructor(cls: Any, base: Any, state: Any = None) -> Any:
+    """``copyreg._reconstructor`` (protocol 0/1 object creation), for container stand-ins only."""
+    if not (isinstance(cls, type) and issubclass(cls, _PickledContainer)) or base is not object or state is not None:
+        raise CheckpointError(f"refusing copyreg._reconstructor for {cls!r}")
+    return cls()
+
+
+def _check_hooks(hooks: Any) -> None:
+    if hooks:  # a non-empty hook dict would hold callables, which find_class would already have refused
+        raise CheckpointError("pickled tensor carries backward hooks")
+
+
+def _rebuild_tensor_v2(storage: Any, offset: int, size: tuple, stride: tuple, requires_grad: bool = False,
+                       backward_hooks: Any = None, metadata: Any = None) -> torch.Tensor:
+    if not isinstance(storage, torch.storage.TypedStorage | torch.UntypedStorage):
+        raise CheckpointError(f"tensor rebuilt from a {type(storage).__name__}, not a torch storage")
+    _check_hooks(backward_hooks)
+    try:
+        return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, collections.OrderedDict())
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"invalid pickled tensor (size {size}, stride {stride}, offset {offset}): {e}") from None
+
+
+def _rebuild_tensor(storage: Any, offset: int, size: tuple, stride: tuple) -> torch.Tensor:
+    return _rebuild_tensor_v2(storage, offset, size, stride)
+
+
+def _rebuild_parameter(data: Any, requires_grad: bool, backward_hooks: Any, state: Any = None) -> torch.Tensor:
+    if not isinstance(data, torch.Tensor):
+        raise CheckpointError(f"parameter rebuilt from a {type(data).__name__}, not a tensor")
+    _check_hooks(backward_hooks)
+    if state:
+        raise CheckpointError("pickled parameter carries extra Python state")
+    return data
+
+
+def _load_storage_from_bytes(data: Any) -> Any:
+    if not isinstance(data, bytes | bytearray):
+        raise CheckpointError(f"storage payload is a {type(data).__name__}, not bytes")
+    try:
+        storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- any failure of the nested (weights-only) load means a bad file
+        raise CheckpointError(f"unreadable tensor storage inside the pickle: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(storage, torch.storage.TypedStorage | torch.UntypedStorage):
+        raise CheckpointError(f"storage payload holds a {type(storage).__name__}, not a storage")
+    return storage
+
+
+_NUMPY_KINDS = "biufc"  # bool, signed/unsigned int, float, complex: no object/void/string dtypes
+
+
+def _numpy_dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
+    if not isinstance(spec, str):
+        raise CheckpointError(f"numpy dtype from a {type(spec).__name__}")
+    dtype = np.dtype(spec)
+    if dtype.kind not in _NUMPY_KINDS:
+        raise CheckpointError(f"refusing numpy dtype {spec!r} (only numeric dtypes are allowed)")
+    return dtype
+
+
+def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
+    if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMPY_KINDS or not isinstance(data, bytes):
+        raise CheckpointError("refusing a numpy scalar that is not numeric data")
+    return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+def _numpy_reconstruct(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
+    if subtype is not np.ndarray:
+        raise CheckpointError(f"refusing numpy array subtype {subtype!r}")
+    return np.empty(shape, dtype=np.uint8)  # BUILD (ndarray.__setstate__) then sets dtype and data
+
+
+def _codecs_encode(text: Any, encoding: str = "utf-8") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8"):
+        raise CheckpointError("refusing _codecs.encode on non-text data")
+    return text.encode(encoding)
+
+
+_NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
+_ALLOWED: dict[tuple[str, str], Callable[..., Any] | type] = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
+    ("copyreg", "_reconstructor"): _reconstructor,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch.storage", "_load_from_bytes"): _load_storage_from_bytes,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("dnnlib.util", "EasyDict"): _EasyDict,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "bytearray"): bytearray,
+    ("builtins", "complex"): complex,
+    ("builtins", "slice"): slice,
+    ("_codecs", "encode"): _codecs_encode,
+    ("numpy", "dtype"): _numpy_dtype,
+    ("numpy", "ndarray"): np.ndarray,
+    **{(m, "scalar"): _numpy_scalar for m in _NUMPY_MODULES},
+    **{(m, "_reconstruct"): _numpy_reconstruct for m in _NUMPY_MODULES},
+    **{("torch.nn.modules.container", name): cls for name, cls in _CONTAINERS.items()},
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the allow-listed globals EDM's files need, each to an inert builder.
+
+    Anything else (``os.system``, ``builtins.eval``, ``subprocess.Popen``, EDM's own classes, ...) raises
+    :class:`CheckpointError` naming the global; persistent ids are refused too.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        target = _ALLOWED.get((module, name))
+        if target is None:
+            raise CheckpointError(f"refusing to load global {module}.{name}: not on the allow-list of data types "
+                                  "an EDM network pickle needs (mimicfast never runs code from checkpoints)")
+        return target
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise CheckpointError(f"refusing persistent id {str(pid)[:80]!r} (not an EDM network pickle)")
+
+
+def read_edm_pickle(file: BinaryIO) -> Any:
+    """Unpickle an EDM-format stream with :class:`RestrictedUnpickler`; persistent objects stay
+    :class:`PersistedObject`. Raises CheckpointError for refused globals and truncated or corrupt data."""
+    try:
+        return RestrictedUnpickler(file).load()
+    except CheckpointError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"truncated or corrupt pickle: {type(e).__name__}: {e}") from None
+
+
+# Hyper-parameters whose persisted values must equal the rebuilt module's (catches a pickle whose state does
+# not match its recorded constructor arguments).
+_CHECKED_ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "emb_channels", "num_groups", "eps",
+                  "num_heads", "skip_scale", "adaptive_scale", "up", "down", "fused_resample", "num_channels",
+                  "max_positions", "endpoint", "img_resolution", "img_channels", "label_dim", "sigma_data", "M",
+                  "beta_d", "beta_min", "epsilon_t", "C_1", "C_2")
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python numbers, EasyDict/OrderedDict -> dict, tuples -> lists (JSON-friendly kwargs)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _init_kwargs(obj: PersistedObject) -> dict[str, Any]:
+    args, kwargs = obj.state.get("_init_args", ()), obj.state.get("_init_kwargs")
+    if not isinstance(kwargs, Mapping) or not isinstance(args, tuple | list):
+        raise CheckpointError(f"pickled {obj.class_name} does not record its constructor arguments "
+                              "(_init_args/_init_kwargs)")
+    kwargs = _plain(kwargs)
+    if args:  # map positional arguments onto the reference signature's names
+        names = [p for p in inspect.signature(PRECOND_CLASSES[obj.class_name]).parameters
+                 if p != "model_kwargs"][: len(args)]
+        if len(names) < len(args):
+            raise CheckpointError(f"pickled {obj.class_name} has {len(args)} positional arguments; too many")
+        kwargs = dict(zip(names, _plain(list(args)), strict=True)) | kwargs
+    return kwargs
+
+
+def _walk(node: Any, module: nn.Module, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (state-dict key, tensor) of a persisted module tree, checking it against ``module`` as we go."""
+    where = prefix.rstrip(".") or "network"
+    if not (isinstance(node, PersistedObject) or (isinstance(node, _PickledContainer) and hasattr(node, "state"))):
+        raise CheckpointError(f"{where}: pickled submodule is a {type(node).__name__}")
+    name = node.class_name
+    if name != type(module).__name__:
+        raise CheckpointError(f"{where}: pickled class {name} where mimicfast builds {type(module).__name__}")
+    state = node.state
+    for attr in _CHECKED_ATTRS:
+        if attr in state and hasattr(module, attr) and _plain(state[attr]) != getattr(module, attr):
+            raise CheckpointError(f"{where}: pickled {attr}={_plain(state[attr])!r} but the constructor "
+                                  f"arguments give {getattr(module, attr)!r}")
+    non_persistent = state.get("_non_persistent_buffers_set") or set()
+    for group in ("_parameters", "_buffers"):
+        tensors = state.get(group) or {}
+        if not isinstance(tensors, Mapping):
+            raise CheckpointError(f"{where}: {group} is a {type(tensors).__name__}, not a dict")
+        for key, value in tensors.items():
+            if value is None or (group == "_buffers" and key in non_persistent):
+                continue
+            if not isinstance(value, torch.Tensor):
+                raise CheckpointError(f"{where}: {group[1:-1]} {key!r} is a {type(value).__name__}")
+            yield prefix + key, value
+    children = state.get("_modules") or {}
+    ours = dict(module.named_children())
+    for key, child in children.items():
+        if child is None:
+            continue
+        if key not in ours:
+            raise CheckpointError(f"{where}: pickled submodule {key!r} does not exist in mimicfast's "
+                                  f"{type(module).__name__}")
+        yield from _walk(child, ours[key], f"{prefix}{key}.")
+
+
+def _describe_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str | None:
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shaped = [f"{k} {list(found[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
+              if k in found and found[k].shape != v.shape]
+    parts = [f"{label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+             for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shaped)) if items]
+    return "; ".join(parts) or None
+
+
+def network_from_persisted(obj: PersistedObject) -> nn.Module:
+    """Rebuild a persisted EDM preconditioner as mimicfast's module, weights loaded strictly.
+
+    Returns the network in eval mode with frozen parameters (float32 as stored; CPU).
+    """
+    if obj.class_name not in PRECOND_CLASSES:
+        raise CheckpointError(f"pickled network class {obj.class_name!r} is not supported; mimicfast rebuilds "
+                              f"{', '.join(sorted(PRECOND_CLASSES))}")
+    kwargs = _init_kwargs(obj)
+    try:
+        with torch.device("meta"):  # shapes only: the weights come from the file
+            net = edm_network(obj.class_name, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"pickled {obj.class_name} constructor arguments are not valid: {e}") from None
+    found: dict[str, torch.Tensor] = {}
+    for key, tensor in _walk(obj, net, ""):
+        found[key] = tensor
+    expected = net.state_dict()
+    problem = _describe_mismatch(expected, found)
+    if problem:
+        raise CheckpointError(f"pickled {obj.class_name} tensors do not match its configuration: {problem}")
+    net.load_state_dict({k: found[k] for k in expected}, strict=True, assign=True)
+    leftovers = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
+    if leftovers:
+        raise CheckpointError(f"pickled {obj.class_name} lacks tensors for {', '.join(leftovers[:5])}")
+    return net.eval().requires_grad_(False)
+
+
+def load_edm_pickle(path: str | PathLike[str], key: str = "ema") -> nn.Module:
+    """Load the network of an EDM ``.pkl`` (e.g. ``edm-cifar10-32x32-uncond-vp.pkl``) without running its code.
+
+    Args:
+        path: the pickle file.
+        key: which entry of the pickled dict holds the network (EDM saves the EMA weights as ``"ema"``); a file
+            whose top level is the network itself is accepted too.
+
+    Returns:
+        mimicfast's EDM preconditioned network (``denoiser_kind == "x0_sigma"``), eval mode, frozen parameters,
+        with ``precond_class`` and ``init_kwargs`` set.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: a global outside the allow-list (named), truncated/corrupt data, no network under ``key``,
+            an unsupported class, or tensors that do not match the recorded configuration.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            top = read_edm_pickle(f)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    obj = top.get(key) if isinstance(top, Mapping) else top
+    if not isinstance(obj, PersistedObject):
+        what = f"keys {sorted(map(str, top))}" if isinstance(top, Mapping) else type(top).__name__
+        raise CheckpointError(f"{path}: no EDM network under {key!r} (found {what})")
+    try:
+        return network_from_persisted(obj)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def is_pickle_header(head: bytes) -> bool:
+    """True for a pickle stream (protocol >= 2 starts with PROTO 0x80 and a version byte)."""
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
