@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMAND_MODULES = ("mimicfast.purify_cli",)
+SUBCOMMAND_MODULES = ("mimicfast.purify_cli", "mimicfast.convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,7 @@ from torch import nn
 from mimicfast.errors import CheckpointError
 from mimicfast.models.edm import edm_network
 from mimicfast.models.edm_precond import PRECOND_CLASSES
+from mimicfast.models.loading import _mismatch
 
 __all__ = [
     "PICKLE_SUFFIXES",
@@ -294,16 +295,6 @@ def _walk(node: Any, module: nn.Module, prefix: str) -> Iterator[tuple[str, torc
         yield from _walk(child, ours[key], f"{prefix}{key}.")
 
 
-def _describe_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str | None:
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    shaped = [f"{k} {list(found[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
-              if k in found and found[k].shape != v.shape]
-    parts = [f"{label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
-             for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shaped)) if items]
-    return "; ".join(parts) or None
-
-
 def network_from_persisted(obj: PersistedObject) -> nn.Module:
     """Rebuild a persisted EDM preconditioner as mimicfast's module, weights loaded strictly.
 
@@ -322,7 +313,7 @@ def network_from_persisted(obj: PersistedObject) -> nn.Module:
     for key, tensor in _walk(obj, net, ""):
         found[key] = tensor
     expected = net.state_dict()
-    problem = _describe_mismatch(expected, found)
+    problem = _mismatch(net, found)
     if problem:
         raise CheckpointError(f"pickled {obj.class_name} tensors do not match its configuration: {problem}")
     net.load_state_dict({k: found[k] for k in expected}, strict=True, assign=True)

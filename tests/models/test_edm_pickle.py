@@ -159,8 +159,8 @@ def test_state_that_contradicts_its_config_is_refused(tmp_path):
     net = tiny_edm()
     net.model.map_layer0.bias = torch.nn.Parameter(torch.zeros(5))
     del net.model.enc["8x8_conv"]._parameters["bias"]
-    with pytest.raises(CheckpointError, match=r"missing: model\.enc\.8x8_conv\.bias; wrong shape: "
-                                              r"model\.map_layer0\.bias \[5\] vs \[32\]"):
+    with pytest.raises(CheckpointError, match=r"1 missing keys \(model\.enc\.8x8_conv\.bias\); 1 wrongly shaped "
+                                              r"keys \(model\.map_layer0\.bias: file \[5\] vs model \[32\]\)"):
         load_edm_pickle(_write(tmp_path, edm_pickle_bytes(net), "shape.pkl"))
     net = tiny_edm()
     net.model.enc["8x8_block0"].norm0.eps = 1e-3  # state says eps 1e-3, kwargs rebuild 1e-6
