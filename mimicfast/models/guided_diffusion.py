@@ -194,8 +194,9 @@ class AttentionBlock(nn.Module):
             self.num_heads = num_heads
         else:
             if channels % num_head_channels:
-                raise InputError(f"attention channels {channels} not divisible by num_head_channels "
-                                 f"{num_head_channels}")
+                raise InputError(
+                    f"attention channels {channels} not divisible by num_head_channels {num_head_channels}"
+                )
             self.num_heads = channels // num_head_channels
         if channels % self.num_heads:
             raise InputError(f"attention channels {channels} not divisible by num_heads {self.num_heads}")
@@ -365,8 +366,7 @@ class GuidedDiffusionUNet(nn.Module):
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
         if timesteps.shape != (x.shape[0],):
-            raise InputError(f"timesteps must have shape [{x.shape[0]}] or be a scalar, got "
-                             f"{tuple(timesteps.shape)}")
+            raise InputError(f"timesteps must have shape [{x.shape[0]}] or be a scalar, got {tuple(timesteps.shape)}")
 
         emb_dtype = self.time_embed[0].weight.dtype
         t_emb = timestep_embedding(timesteps, self.model_channels, _compute_dtype(emb_dtype))
@@ -437,8 +437,10 @@ def guided_diffusion_unet(
     """
     if channel_mult == "":
         if image_size not in _DEFAULT_CHANNEL_MULT:
-            raise InputError(f"no default channel_mult for image_size {image_size}; pass channel_mult "
-                             f"(defaults exist for {sorted(_DEFAULT_CHANNEL_MULT)})")
+            raise InputError(
+                f"no default channel_mult for image_size {image_size}; pass channel_mult "
+                f"(defaults exist for {sorted(_DEFAULT_CHANNEL_MULT)})"
+            )
         mult = _DEFAULT_CHANNEL_MULT[image_size]
     else:
         mult = _parse_ints(channel_mult, "channel_mult")

@@ -43,33 +43,65 @@ _IMAGENET_COMMON: dict[str, Any] = dict(
 GD_CONFIGS: dict[str, dict[str, Any]] = {
     # 256x256_diffusion_uncond.pt, the model DiffPure and the MimicDiffusion paper use.
     "imagenet256-uncond": dict(
-        _IMAGENET_COMMON, image_size=256, num_channels=256, num_res_blocks=2, channel_mult="",
-        class_cond=False, num_head_channels=64,
+        _IMAGENET_COMMON,
+        image_size=256,
+        num_channels=256,
+        num_res_blocks=2,
+        channel_mult="",
+        class_cond=False,
+        num_head_channels=64,
     ),
     # 256x256_diffusion.pt (class-conditional; forward needs labels y).
     "imagenet256-cond": dict(
-        _IMAGENET_COMMON, image_size=256, num_channels=256, num_res_blocks=2, channel_mult="",
-        class_cond=True, num_head_channels=64,
+        _IMAGENET_COMMON,
+        image_size=256,
+        num_channels=256,
+        num_res_blocks=2,
+        channel_mult="",
+        class_cond=True,
+        num_head_channels=64,
     ),
     # 128x128_diffusion.pt: 4 heads of varying width instead of 64-channel heads.
     "imagenet128-cond": dict(
-        _IMAGENET_COMMON, image_size=128, num_channels=256, num_res_blocks=2, channel_mult="",
-        class_cond=True, num_head_channels=-1,
+        _IMAGENET_COMMON,
+        image_size=128,
+        num_channels=256,
+        num_res_blocks=2,
+        channel_mult="",
+        class_cond=True,
+        num_head_channels=-1,
     ),
     # 64x64_diffusion.pt: new attention order; trained with the *cosine* schedule (see GD_NOISE_SCHEDULES).
     "imagenet64-cond": dict(
-        _IMAGENET_COMMON, image_size=64, num_channels=192, num_res_blocks=3, channel_mult="",
-        class_cond=True, num_head_channels=64, use_new_attention_order=True,
+        _IMAGENET_COMMON,
+        image_size=64,
+        num_channels=192,
+        num_res_blocks=3,
+        channel_mult="",
+        class_cond=True,
+        num_head_channels=64,
+        use_new_attention_order=True,
     ),
     # 512x512_diffusion.pt (channel_mult starts at 0.5).
     "imagenet512-cond": dict(
-        _IMAGENET_COMMON, image_size=512, num_channels=256, num_res_blocks=2, channel_mult="",
-        class_cond=True, num_head_channels=64,
+        _IMAGENET_COMMON,
+        image_size=512,
+        num_channels=256,
+        num_res_blocks=2,
+        channel_mult="",
+        class_cond=True,
+        num_head_channels=64,
     ),
     # ../shared/fixtures/parity/gd_unet_small_state_dict.pt (random weights, for tests).
     "gd-small-test": dict(
-        _IMAGENET_COMMON, image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,1,2",
-        class_cond=False, attention_resolutions="8", num_head_channels=16,
+        _IMAGENET_COMMON,
+        image_size=32,
+        num_channels=32,
+        num_res_blocks=1,
+        channel_mult="1,1,2",
+        class_cond=False,
+        attention_resolutions="8",
+        num_head_channels=16,
     ),
 }
 
@@ -106,8 +138,10 @@ def load_state_dict_file(path: str | PathLike[str]) -> dict[str, Tensor]:
     elif suffix in _TORCH_SUFFIXES:
         obj = _load_torch(path)
     else:
-        raise CheckpointError(f"{path}: unknown checkpoint suffix {suffix!r}; expected one of "
-                              f"{', '.join(_TORCH_SUFFIXES)} or .safetensors")
+        raise CheckpointError(
+            f"{path}: unknown checkpoint suffix {suffix!r}; expected one of "
+            f"{', '.join(_TORCH_SUFFIXES)} or .safetensors"
+        )
     return _as_state_dict(obj, path)
 
 
@@ -141,15 +175,15 @@ def _load_torch(path: Path) -> Any:
                 "mimicfast never executes code from checkpoint files; re-save the weights as a plain "
                 "state dict (torch.save(module.state_dict(), ...)) or as .safetensors"
             ) from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{_reason(msg)}") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {_reason(msg)}"
+        ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
         if head.startswith(b"PK") and not is_zip:
             reason = "zip archive without its central directory (truncated download?)"
         else:
             reason = _reason(str(e)) if isinstance(e, RuntimeError) else f"{type(e).__name__} {e}".strip()
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{reason}") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {reason}") from None
 
 
 def _reason(msg: str) -> str:
@@ -168,21 +202,22 @@ def _is_tensor_mapping(obj: Any) -> bool:
 
 def _as_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors, got "
-                              f"{type(obj).__name__}")
+        raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors, got {type(obj).__name__}")
     if not _is_tensor_mapping(obj):
         inner = next((obj[k] for k in _CONTAINER_KEYS if _is_tensor_mapping(obj.get(k))), None)
         if inner is None:
             bad = next((k for k, v in obj.items() if not isinstance(v, Tensor)), None)
             what = "is empty" if not obj else f"entry {bad!r} has type {type(obj[bad]).__name__}, not Tensor"
-            raise CheckpointError(f"{path}: not a state dict (name -> Tensor): {what}; containers unwrapped: "
-                                  f"{', '.join(repr(k) for k in _CONTAINER_KEYS)}")
+            raise CheckpointError(
+                f"{path}: not a state dict (name -> Tensor): {what}; containers unwrapped: "
+                f"{', '.join(repr(k) for k in _CONTAINER_KEYS)}"
+            )
         obj = inner
     bad_key = next((k for k in obj if not isinstance(k, str)), None)
     if bad_key is not None:
         raise CheckpointError(f"{path}: state dict key {bad_key!r} is not a string")
     if all(k.startswith("module.") for k in obj):
-        return {k[len("module."):]: v for k, v in obj.items()}
+        return {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
 
 
@@ -193,8 +228,9 @@ def _resolve_config(config: str | Mapping[str, Any]) -> tuple[str, dict[str, Any
         return config, dict(GD_CONFIGS[config])
     if isinstance(config, Mapping):
         return "<custom>", dict(config)
-    raise InputError(f"config must be a name from GD_CONFIGS or a dict of create_model kwargs, got "
-                     f"{type(config).__name__}")
+    raise InputError(
+        f"config must be a name from GD_CONFIGS or a dict of create_model kwargs, got {type(config).__name__}"
+    )
 
 
 def _build_on_meta(kwargs: dict[str, Any], name: str) -> GuidedDiffusionUNet:
@@ -218,8 +254,11 @@ def _mismatch(model: GuidedDiffusionUNet, sd: Mapping[str, Tensor]) -> str | Non
     ]
     parts = [
         f"{len(items)} {label} ({', '.join(items[:_SHOW])}{', ...' if len(items) > _SHOW else ''})"
-        for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("wrongly shaped keys", shaped))
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("wrongly shaped keys", shaped),
+        )
         if items
     ]
     return "; ".join(parts) or None

@@ -59,13 +59,17 @@ def test_round_trip_and_parity(tmp_path, small, suffix):
     assert (out - vec["out"]).abs().max().item() <= 2e-5
 
 
-def test_dtype_float64(parity_dir, small):
+def test_dtype_choice(parity_dir, small):
     _, vec = small
     model = load_guided_diffusion(parity_dir / "gd_unet_small_state_dict.pt", "gd-small-test", dtype=torch.float64)
     assert {p.dtype for p in model.parameters()} == {torch.float64}
     with torch.no_grad():
         out = model(vec["x"].double(), vec["timesteps"])
     assert (out - vec["out_f64"]).abs().max().item() <= 1e-9
+    bf16 = load_guided_diffusion(parity_dir / "gd_unet_small_state_dict.pt", "gd-small-test", dtype=torch.bfloat16)
+    with torch.no_grad():
+        out = bf16(vec["x"], vec["timesteps"])
+    assert out.dtype == torch.float32 and (out - vec["out"]).abs().max().item() < 0.25  # bf16 has 8 bits
     with pytest.raises(InputError, match="floating"):
         load_guided_diffusion(parity_dir / "gd_unet_small_state_dict.pt", "gd-small-test", dtype=torch.int32)
 
@@ -180,8 +184,11 @@ def test_wrong_shape_and_unexpected_key(tmp_path, small):
     bad["extra.weight"] = torch.zeros(1)
     path = tmp_path / "bad.safetensors"
     save_file(bad, str(path))
-    with pytest.raises(CheckpointError, match=r"1 unexpected keys \(extra.weight\); 1 wrongly shaped keys "
-                                              r"\(out.2.bias: file \[3\] vs model \[6\]\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"1 unexpected keys \(extra.weight\); 1 wrongly shaped keys "
+        r"\(out.2.bias: file \[3\] vs model \[6\]\)",
+    ):
         load_guided_diffusion(path, "gd-small-test")
 
 
