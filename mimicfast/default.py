@@ -1,0 +1,84 @@
+"""The bundled Fashion-MNIST models and test slice: everything the demo needs, shipped in the package.
+
+* ``weights/fmnist_unet.safetensors`` + ``fmnist_unet.json``: a guided-diffusion-format DDPM UNet (eps-prediction,
+  linear betas 1e-4..0.02, 1000 steps) on 32x32 grey images (Fashion-MNIST padded by 2 pixels);
+* ``weights/fmnist_classifier.safetensors``: :class:`mimicfast.train.classifier.FashionCNN` on [0, 1] pixels;
+* ``data/fmnist_test_1000.npz``: the first 1,000 images of the Fashion-MNIST test set (uint8, 28x28) and labels.
+
+See docs/MODEL_CARD.md for how they were trained. Nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mimicfast.errors import CheckpointError, InputError
+
+_PACKAGE = Path(__file__).resolve().parent
+WEIGHTS_DIR = _PACKAGE / "weights"
+UNET_PATH = WEIGHTS_DIR / "fmnist_unet.safetensors"
+CLASSIFIER_PATH = WEIGHTS_DIR / "fmnist_classifier.safetensors"
+TEST_SLICE_PATH = _PACKAGE / "data" / "fmnist_test_1000.npz"
+
+
+def _config(path: Path) -> dict:
+    cfg_path = path.with_suffix(".json")
+    try:
+        return json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read the bundled config {cfg_path}: {exc}") from exc
+
+
+def fmnist_unet_config() -> dict:
+    """``create_model`` kwargs of the bundled UNet (its JSON without the ``family`` tag)."""
+    cfg = _config(UNET_PATH)
+    if cfg.pop("family", None) != "guided_diffusion":
+        raise CheckpointError(f"{UNET_PATH.with_suffix('.json')}: expected family 'guided_diffusion'")
+    return cfg
+
+
+def load_default_unet(device: torch.device | str | None = None) -> nn.Module:
+    """The bundled Fashion-MNIST diffusion UNet (eval mode, frozen)."""
+    from mimicfast.models.loading import load_guided_diffusion
+
+    return load_guided_diffusion(UNET_PATH, fmnist_unet_config(), device=device)
+
+
+def load_default_classifier(device: torch.device | str | None = None) -> nn.Module:
+    """The bundled Fashion-MNIST CNN (eval mode, frozen): ``[N, 1, 32, 32]`` in [0, 1] -> logits [N, 10]."""
+    from mimicfast.models.loading import load_state_dict_file
+    from mimicfast.train.classifier import FashionCNN
+
+    meta = _config(CLASSIFIER_PATH)
+    model = FashionCNN(width=int(meta["width"]))
+    try:
+        model.load_state_dict(load_state_dict_file(CLASSIFIER_PATH), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{CLASSIFIER_PATH}: does not match FashionCNN(width={meta['width']}): {exc}") from exc
+    return model.to(device or "cpu").eval().requires_grad_(False)
+
+
+def load_default(device: torch.device | str | None = None) -> tuple[nn.Module, nn.Module]:
+    """``(diffusion_model, classifier)``: the bundled Fashion-MNIST UNet and CNN, ready for the demo.
+
+    >>> model, classifier = mimicfast.load_default()
+    >>> x, y = mimicfast.default.load_test_slice(16)
+    >>> x_pur = mimicfast.purify(x, model, preset="paper", steps=100)
+    """
+    return load_default_unet(device), load_default_classifier(device)
+
+
+def load_test_slice(n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` (default all 1,000) bundled test images: ``(x [n, 1, 32, 32] in [0, 1], y [n] int64)``."""
+    from mimicfast.train.data import to_tensor32
+
+    with np.load(TEST_SLICE_PATH) as f:
+        images, labels = f["images"], f["labels"]
+    if n is not None and not 1 <= n <= len(labels):
+        raise InputError(f"n must be in [1, {len(labels)}], got {n}")
+    return to_tensor32(images[:n]), torch.from_numpy(labels[:n].astype(np.int64))

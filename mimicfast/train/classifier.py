@@ -1,0 +1,133 @@
+"""The bundled Fashion-MNIST classifier (a small VGG-style CNN) and its training loop.
+
+Input ``[N, 1, 32, 32]`` in [0, 1] (Fashion-MNIST zero-padded to 32x32), output logits ``[N, 10]``.
+It is the model the demo attacks, so it takes raw [0, 1] pixels: the attacks' epsilon is in the same
+units as the purifier's input.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from mimicfast.evaluate import accuracy
+from mimicfast.train.common import batches, export_safetensors, load_checkpoint, save_checkpoint, step_generator
+from mimicfast.train.data import fashion_mnist_tensors
+
+# Per-pixel mean and std of the padded 32x32 training images; fixed so the network owns its scaling.
+_MEAN, _STD = 0.2189, 0.3317
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
+class FashionCNN(nn.Module):
+    """Three conv blocks (32 -> 16 -> 8 -> 4 pixels) and a linear head; ``width`` channels first."""
+
+    def __init__(self, width: int = 16, num_classes: int = 10):
+        super().__init__()
+        self.width = width
+        self.features = nn.Sequential(_block(1, width), _block(width, 2 * width), _block(2 * width, 4 * width))
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(4 * width * 16, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, 10]`` of images ``[N, 1, 32, 32]`` in [0, 1]."""
+        return self.head(self.features((x - _MEAN) / _STD))
+
+
+@dataclass
+class ClassifierConfig:
+    """Hyper-parameters of :func:`train_classifier` (all recorded in the checkpoint)."""
+
+    width: int = 16
+    steps: int = 2400
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    seed: int = 0
+    checkpoint_every: int = 200
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and a random shift of up to 2 pixels (zero fill), per image."""
+    n = x.shape[0]
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    padded = F.pad(x, (2, 2, 2, 2))
+    dx = torch.randint(0, 5, (n,), generator=gen)
+    dy = torch.randint(0, 5, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(32)[None, :])[:, None, :, None].expand(n, 1, 32, 36)
+    x = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(32)[None, :])[:, None, None, :].expand(n, 1, 32, 32)
+    return x.gather(3, cols)
+
+
+def train_classifier(cfg: ClassifierConfig, run_dir: str | Path, export: str | Path | None = None,
+                     data: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     test_data: tuple[torch.Tensor, torch.Tensor] | None = None, until: int | None = None) -> dict:
+    """Train (or resume) the classifier in ``run_dir``; return ``{"step", "test_accuracy", "wall_s"}``.
+
+    Adam with a cosine learning-rate decay to 0 over ``cfg.steps``; a checkpoint
+    (``run_dir/classifier.pt``) every ``cfg.checkpoint_every`` steps and at the end. ``export`` writes
+    the final weights as safetensors. ``data``/``test_data`` override Fashion-MNIST (tests). ``until`` stops
+    after that many steps (a later call resumes); export and the test accuracy happen only at ``cfg.steps``.
+    """
+    torch.manual_seed(cfg.seed)
+    ckpt_path = Path(run_dir) / "classifier.pt"
+    x, y = data if data is not None else fashion_mnist_tensors("train")
+    model = FashionCNN(cfg.width)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+    start, wall = 0, 0.0
+    if ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, wall = state["step"], state["wall_s"]
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(), "step": step, "wall_s": wall,
+                                    "config": asdict(cfg)})
+
+    stop = cfg.steps if until is None else min(until, cfg.steps)
+    model.train()
+    t0 = time.perf_counter()
+    bar = tqdm(batches(x.shape[0], cfg.batch_size, cfg.seed, start, stop), total=cfg.steps,
+               initial=start, desc="classifier", dynamic_ncols=True)
+    for step, idx in bar:
+        torch.manual_seed(step_generator(cfg.seed, step, salt=4).initial_seed())  # dropout, per step
+        xb = augment(x[idx], step_generator(cfg.seed, step, salt=2))
+        loss = F.cross_entropy(model(xb), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0:
+            wall += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            checkpoint(step + 1)
+    wall += time.perf_counter() - t0
+    checkpoint(max(start, stop))
+    if stop < cfg.steps:
+        return {"step": max(start, stop), "wall_s": wall}
+    xt, yt = test_data if test_data is not None else fashion_mnist_tensors("test")
+    result = {"step": cfg.steps, "test_accuracy": accuracy(model, xt, yt), "wall_s": wall}
+    if export is not None:
+        export_safetensors(model.state_dict(), export, config={"width": cfg.width, **result})
+    return result
