@@ -1,0 +1,163 @@
+"""The reverse loop of the fast path as one in-place, graph-capturable step on static buffers.
+
+:class:`FastLoop` holds everything a step touches in fixed device buffers: the sample ``x``, the guidance
+target ``y``, the step index ``idx`` (a device tensor), the per-step coefficient tables and the per-sample
+noise generators. :meth:`FastLoop.step` reads the index on the device, looks the coefficients up with
+``index_select`` (never a Python int, never ``.item()``), updates ``x`` in place and increments ``idx``.
+So the same step code serves every step of a kind: run eagerly it is the eager fast path; captured once
+per kind (guided / unguided) in a CUDA graph it is replayed for every step (:mod:`mimicfast.fast.graphed`).
+
+The arithmetic is that of :func:`mimicfast.sampling.ancestral.sample` with
+:class:`mimicfast.sampling.guidance.MimicGuidance`, operation for operation, so that in the working dtype
+the fast path's eager mode equals :func:`mimicfast.api.purify_batch` bit for bit. The one structural
+difference: the last step (to sigma = 0) is the same code as the others, with its noise multiplied by an
+exact 0 from a mask table instead of skipped by a Python branch; ``x + 0 * z == x`` exactly.
+
+Noise: sample i draws from its own ``torch.Generator`` seeded with ``seeds[i]``
+(:class:`mimicfast.sampling.noise.PerSampleNoise`): the start noise, then one draw per step. On CUDA the
+generators are registered with each captured graph, so a replay advances them exactly as the eager draws
+do and the graphed path draws the eager path's noise (Philox counters, see ``graphed.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from mimicfast.presets import Preset
+from mimicfast.sampling.ancestral import StepCoefficients, denoise
+from mimicfast.sampling.denoisers import Denoiser
+from mimicfast.sampling.guidance import MimicGuidance
+from mimicfast.sampling.noise import PerSampleNoise
+from mimicfast.sampling.schedules import sigma_grid, space_timesteps
+
+
+class FastLoop:
+    """Static state and the in-place step of Algorithm 1 for one batch shape.
+
+    Args:
+        denoiser: ``D(x, sigma)`` (possibly a :class:`mimicfast.fast.precision.PrecisionDenoiser`).
+        preset: the method's settings.
+        shape: ``[B, C, H, W]`` of the batch.
+        device, dtype: where the state lives and its (working) dtype, fp32 or fp64.
+
+    Attributes:
+        x: [B, C, H, W] the current sample in sigma space (after :meth:`reset`: ``x_T / sqrt(abar_T)``).
+        y: [B, C, H, W] the adversarial images in model space [-1, 1].
+        idx: int64 [1], the index of the next step (0 = the noisiest); ``steps`` when done.
+        kinds: ``kinds[i]`` is True iff step i is guided (static: from the preset's window).
+        noise: the per-sample generators (their objects never change, :meth:`reset` re-seeds them).
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        preset: Preset,
+        shape: Sequence[int],
+        *,
+        device: torch.device | str,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.denoiser = denoiser
+        self.preset = preset
+        self.shape = tuple(shape)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        sigmas = sigma_grid(space_timesteps(preset.steps, preset.spacing))
+        self.steps = len(sigmas) - 1
+        self.start_scale = float((1 + sigmas[0] ** 2).sqrt())  # x_T ~ N(0, I) in VP coordinates
+        self.learned = preset.learned_variance and denoiser.learned_variance and preset.eta == 1.0
+        self.x = torch.zeros(self.shape, device=self.device, dtype=dtype)
+        self.y = torch.zeros(self.shape, device=self.device, dtype=dtype)
+        self.idx = torch.zeros(1, device=self.device, dtype=torch.int64)
+        self.coef = StepCoefficients.build(sigmas, preset.eta, device=self.device, dtype=dtype)
+        self.guidance = MimicGuidance(self.y, preset, sigmas)  # reads self.y, refilled by reset()
+        self.kinds = list(self.guidance.active)
+        mask = torch.ones(self.steps, dtype=torch.float64)
+        mask[-1] = 0.0  # the last step lands on sigma = 0 and adds no noise
+        self.noise_mask = mask.to(device=self.device, dtype=dtype)
+        self.noise = PerSampleNoise(range(self.shape[0]), self.shape[1:], device=self.device, dtype=dtype)
+
+    def reset(self, y: torch.Tensor, seeds: Sequence[int]) -> None:
+        """Load a batch: copy ``y`` in, re-seed every sample's generator, draw ``x_T``, set ``idx = 0``."""
+        self.y.copy_(y)
+        for gen, seed in zip(self.noise.generators, seeds, strict=True):
+            gen.manual_seed(int(seed))
+        self.x.copy_(self.noise() * self.start_scale)
+        self.idx.zero_()
+
+    def _at(self, table: torch.Tensor) -> torch.Tensor:
+        """``table[idx]`` as a [1] tensor, looked up on the device (no host sync)."""
+        return table.index_select(0, self.idx)
+
+    def _guided_denoise(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """``(x0_hat, v, delta)`` of a guided step: :meth:`MimicGuidance.step` with a device step index."""
+        g = self.guidance
+        if self.preset.jacobian == "vjp":
+            with torch.enable_grad():
+                xg = self.x.detach().requires_grad_(True)
+                x0, v = denoise(self.denoiser, xg, sigma, self.learned)
+                (jtr,) = torch.autograd.grad(x0, xg, g.residual(x0.detach()))
+            x0 = x0.detach()
+            v = None if v is None else v.detach()
+        else:
+            with torch.no_grad():
+                x0, v = denoise(self.denoiser, self.x, sigma, self.learned)
+            jtr = g.residual(x0)  # J = I in sigma space when eps is held constant
+        return x0, v, -self._at(g.coef) * jtr
+
+    def step(self, guided: bool) -> None:
+        """One reverse step at ``idx``, in place on ``x``; then ``idx += 1``. CUDA-graph capturable.
+
+        ``guided`` must equal ``kinds[idx]``; it selects code, so it is a Python bool known before the
+        loop starts (the window is static), never read from a tensor.
+        """
+        c = self.coef
+        sigma = self._at(c.sigma)
+        if guided:
+            x0, v, delta = self._guided_denoise(self._at(self.guidance.sigma))
+        else:
+            with torch.no_grad():
+                x0, v = denoise(self.denoiser, self.x, sigma, self.learned)
+            delta = None
+        with torch.no_grad():
+            if self.preset.clip_denoised:
+                x0 = x0.clamp(-1, 1)
+            x = x0 + (self.x - x0) * (self._at(c.sigma_down) / sigma)
+            if self.learned:
+                frac = (v + 1) / 2
+                log_var = frac * self._at(c.log_beta) + (1 - frac) * self._at(c.log_posterior_var)
+                std = (0.5 * log_var).exp() * self._at(c.inv_sqrt_abar_next)
+            else:
+                std = self._at(c.sigma_up)
+            x = x + (std * self._at(self.noise_mask)) * self.noise()
+            if delta is not None:
+                x = x + delta
+            self.x.copy_(x)
+            self.idx.add_(1)
+
+    def run_eager(self, progress: bool = False) -> torch.Tensor:
+        """All steps from ``idx = 0``, eagerly (the fast path without graphs). Returns ``x`` (the buffer)."""
+        for guided in tqdm(self.kinds, disable=not progress, desc="purify", leave=False):
+            self.step(guided)
+        return self.x
+
+
+def segments(kinds: Sequence[bool], chunk: int = 1) -> list[tuple[bool, int]]:
+    """Split the step sequence into ``(guided, length)`` pieces of at most ``chunk`` same-kind steps.
+
+    One captured graph per distinct piece replays the whole loop: with ``chunk = 1`` two graphs (guided,
+    unguided) serve all steps; a larger ``chunk`` trades a few more captured graphs for fewer replays.
+    The pieces, concatenated, are exactly ``kinds``.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    out: list[tuple[bool, int]] = []
+    for kind in kinds:
+        if out and out[-1][0] == kind and out[-1][1] < chunk:
+            out[-1] = (kind, out[-1][1] + 1)
+        else:
+            out.append((kind, 1))
+    return out

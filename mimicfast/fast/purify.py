@@ -1,0 +1,141 @@
+"""Entry points of the fast path: :class:`FastPurifier` (reusable) and :func:`purify_batch_fast` (one shot).
+
+Same contract as :func:`mimicfast.api.purify_batch`: Algorithm 1 on one batch in model space, sample i's
+random numbers from its own generator seeded with ``seeds[i]``. With the plain policy (no autocast, NCHW,
+not compiled) and ``graphs=False`` the result equals ``purify_batch``'s bit for bit; CUDA graphs replay the
+same kernels with the same noise (see :mod:`mimicfast.fast.graphed`); autocast changes the network's
+rounding only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mimicfast.errors import InputError
+from mimicfast.fast.graphed import GraphedLoop
+from mimicfast.fast.loop import FastLoop
+from mimicfast.fast.precision import apply_policy, resolve_autocast
+from mimicfast.presets import Preset
+from mimicfast.sampling.denoisers import Denoiser
+
+
+class FastPurifier:
+    """The fast sampler for one denoiser, preset and policy; keeps captured graphs per batch shape.
+
+    Capturing costs a few steps (warm-up plus capture) and the graphs' memory pool stays reserved while
+    cached: reuse one ``FastPurifier`` across batches of the same shape, and :meth:`clear` it (or drop it)
+    to free the memory.
+
+    Args:
+        denoiser: ``D(x, sigma)`` (:func:`mimicfast.sampling.as_denoiser` of a network).
+        preset: the method's settings (:func:`mimicfast.api.resolve_preset`).
+        autocast: the network's compute dtype: ``None`` / ``"fp32"`` (the working dtype, exact),
+            ``"bf16"`` or ``"fp16"`` (see :mod:`mimicfast.fast.precision`).
+        channels_last: run the network on NHWC tensors.
+        compile: ``torch.compile`` the network call (``True`` or a backend name).
+        graphs: capture and replay CUDA graphs; ``None`` = on CUDA devices only.
+        chunk: steps per captured graph (1 = one graph per step kind).
+        max_cached: batch shapes whose state and graphs are kept.
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        preset: Preset,
+        *,
+        autocast: torch.dtype | str | None = None,
+        channels_last: bool = False,
+        compile: bool | str = False,
+        graphs: bool | None = None,
+        chunk: int = 1,
+        max_cached: int = 2,
+    ) -> None:
+        if chunk < 1:
+            raise InputError(f"chunk must be >= 1, got {chunk}")
+        if max_cached < 1:
+            raise InputError(f"max_cached must be >= 1, got {max_cached}")
+        self.preset = preset
+        self.autocast = resolve_autocast(autocast)
+        self.denoiser = apply_policy(denoiser, autocast=self.autocast, channels_last=channels_last, compile=compile)
+        self.graphs = graphs
+        self.chunk = chunk
+        self.max_cached = max_cached
+        self._cache: dict[tuple, tuple[FastLoop, GraphedLoop | None]] = {}
+
+    def _use_graphs(self, device: torch.device) -> bool:
+        if self.graphs is None:
+            return device.type == "cuda"
+        if self.graphs and device.type != "cuda":
+            raise InputError(f"graphs=True needs a CUDA device, got {device}; use graphs=False or None")
+        return self.graphs
+
+    def _state(self, y: torch.Tensor, seeds: Sequence[int]) -> tuple[FastLoop, GraphedLoop | None]:
+        key = (tuple(y.shape), y.dtype, y.device)
+        if key in self._cache:
+            loop, graphed = self._cache[key]
+            loop.reset(y, seeds)
+            return loop, graphed
+        while len(self._cache) >= self.max_cached:
+            del self._cache[next(iter(self._cache))]
+        loop = FastLoop(self.denoiser, self.preset, y.shape, device=y.device, dtype=y.dtype)
+        loop.reset(y, seeds)
+        graphed = None
+        if self._use_graphs(y.device):
+            graphed = GraphedLoop(loop, chunk=self.chunk)
+            loop.reset(y, seeds)  # warm-up advanced x, idx and the generators
+        self._cache[key] = (loop, graphed)
+        return loop, graphed
+
+    def __call__(self, y: torch.Tensor, seeds: Sequence[int], *, progress: bool = False) -> torch.Tensor:
+        """Purify one batch: ``y`` [B, C, H, W] in [-1, 1] (fp32 or fp64) -> x_0 [B, C, H, W], a new tensor."""
+        if not isinstance(y, torch.Tensor) or y.dim() != 4 or not y.is_floating_point():
+            raise InputError(f"y must be a floating [B, C, H, W] tensor, got {getattr(y, 'shape', type(y).__name__)}")
+        if y.dtype not in (torch.float32, torch.float64):
+            raise InputError(f"the sampler state must be float32 or float64, got {y.dtype}")
+        if self.autocast is not None and y.dtype == torch.float64:
+            raise InputError("autocast to a 16-bit dtype with a float64 state: use float32 data or autocast=None")
+        seeds = [int(s) for s in seeds]
+        if len(seeds) != y.shape[0]:
+            raise InputError(f"got {len(seeds)} seeds for a batch of {y.shape[0]}")
+        loop, graphed = self._state(y, seeds)
+        out = graphed.run(progress) if graphed is not None else loop.run_eager(progress)
+        return out.clone()
+
+    def clear(self) -> None:
+        """Drop every cached state and graph (their memory returns to the allocator)."""
+        self._cache.clear()
+
+
+def purify_batch_fast(
+    denoiser: Denoiser,
+    y: torch.Tensor,
+    preset: Preset,
+    seeds: Sequence[int],
+    *,
+    autocast: torch.dtype | str | None = None,
+    channels_last: bool = False,
+    compile: bool | str = False,
+    graphs: bool | None = None,
+    chunk: int = 1,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Algorithm 1 on one batch, fast: :func:`mimicfast.api.purify_batch`'s contract, one-shot.
+
+    Args:
+        denoiser: ``D(x, sigma)``.
+        y: [B, C, H, W] adversarial images in model space [-1, 1]; its dtype (fp32 / fp64) is the
+            sampler state's and its device is where the work runs.
+        preset: the method's settings.
+        seeds: one seed per sample (sample i's noise depends on ``seeds[i]`` only).
+        autocast, channels_last, compile, graphs, chunk: see :class:`FastPurifier`.
+        progress: show a progress bar.
+
+    Returns:
+        x_0, [B, C, H, W] in ``y``'s dtype and on its device.
+    """
+    purifier = FastPurifier(
+        denoiser, preset, autocast=autocast, channels_last=channels_last, compile=compile, graphs=graphs, chunk=chunk
+    )
+    return purifier(y, seeds, progress=progress)
