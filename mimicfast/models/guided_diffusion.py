@@ -96,7 +96,7 @@ class Upsample(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Stride-2 3x3 conv when ``use_conv``, else 2x2 average pooling (key ``op`` either way)."""
+    """Stride-2 3x3 conv when ``use_conv``, else 2x2 average pooling (submodule ``op``; only the conv has weights)."""
 
     def __init__(self, channels: int, use_conv: bool) -> None:
         super().__init__()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mimicfast.errors import CheckpointError, InputError
 from mimicfast.models.guided_diffusion import GuidedDiffusionUNet, guided_diffusion_unet
@@ -242,7 +242,7 @@ def _build_on_meta(kwargs: dict[str, Any], name: str) -> GuidedDiffusionUNet:
         raise InputError(f"config {name!r} has invalid create_model kwargs: {e}") from None
 
 
-def _mismatch(model: GuidedDiffusionUNet, sd: Mapping[str, Tensor]) -> str | None:
+def _mismatch(model: nn.Module, sd: Mapping[str, Tensor]) -> str | None:
     """Describe how ``sd`` differs from the model's keys/shapes, or None if it loads strictly."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
