@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from mimicfast.errors import CheckpointError, InputError
 from mimicfast.models.guided_diffusion import GuidedDiffusionUNet, guided_diffusion_unet
+from mimicfast.sampling.schedules import cosine_betas
 
 __all__ = ["GD_CONFIGS", "GD_NOISE_SCHEDULES", "load_guided_diffusion", "load_state_dict_file"]
 
@@ -309,4 +310,7 @@ def load_guided_diffusion(
         model = model.to(dtype)
     model = model.to_empty(device=device if device is not None else "cpu")
     model.load_state_dict(sd, strict=True)
+    if GD_NOISE_SCHEDULES.get(name) == "cosine":
+        # Not in the state dict: tells mimicfast.sampling.as_denoiser which schedule the model was trained with.
+        model.register_buffer("betas", cosine_betas(), persistent=False)
     return model.eval().requires_grad_(False)

@@ -21,6 +21,13 @@ def linear_betas(num_timesteps: int = NUM_TRAIN_TIMESTEPS, start: float = 1e-4, 
     return torch.linspace(start, end, num_timesteps, dtype=torch.float64)
 
 
+def cosine_betas(num_timesteps: int = NUM_TRAIN_TIMESTEPS, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal's cosine schedule: ``abar(t) = cos((t/T + s) / (1 + s) * pi/2)^2``, betas capped at 0.999."""
+    t = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
+    abar = torch.cos((t + s) / (1 + s) * torch.pi / 2) ** 2
+    return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
+
+
 def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
     """``abar_t = prod_{s <= t} (1 - beta_s)``, float64, shape [T]."""
     return torch.cumprod(1.0 - betas.to(torch.float64), dim=0)
@@ -60,10 +67,14 @@ def space_timesteps(
     raise InputError(f"unknown spacing {spacing!r}; expected 'uniform' or 'released'")
 
 
-def sigma_grid(timesteps: list[int], betas: torch.Tensor | None = None) -> torch.Tensor:
-    """Sampler sigmas, descending, for the given (ascending) timesteps, with a final 0 appended: [T + 1]."""
-    abar = alphas_cumprod(linear_betas() if betas is None else betas)
-    sig = sigmas_from_alphas_cumprod(abar[torch.tensor(timesteps)])
+def sigma_grid(timesteps: list[int], train_sigmas: torch.Tensor | None = None) -> torch.Tensor:
+    """Sampler sigmas, descending, for the given (ascending) timesteps, with a final 0 appended: [T + 1].
+
+    ``train_sigmas`` is the model's training table ([1000], default: the DDPM linear schedule's).
+    """
+    if train_sigmas is None:
+        train_sigmas = sigmas_from_alphas_cumprod(alphas_cumprod(linear_betas()))
+    sig = train_sigmas.to(torch.float64).cpu()[torch.tensor(timesteps)]
     return torch.cat([sig.flip(0), sig.new_zeros(1)])
 
 

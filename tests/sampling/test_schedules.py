@@ -11,11 +11,13 @@ from mimicfast.errors import InputError
 from mimicfast.sampling import (
     EpsTimestepDenoiser,
     alphas_cumprod,
+    as_denoiser,
     linear_betas,
     sigma_grid,
     space_timesteps,
     window_mask,
 )
+from mimicfast.sampling.schedules import cosine_betas, sigmas_from_alphas_cumprod
 from tests.helpers import TinyEpsNet
 
 
@@ -72,3 +74,16 @@ def test_sigma_to_t_is_exact_on_the_table(dtype) -> None:
     assert torch.equal(den.sigma_to_t(sigma), t.to(dtype))
     mid = (den.train_sigmas[10].log() + den.train_sigmas[11].log()).div(2).exp().to(dtype)
     assert 10 < den.sigma_to_t(mid[None]).item() < 11
+
+
+def test_a_models_own_schedule_is_used() -> None:
+    """A model trained with another schedule (guided-diffusion's 64x64 model: cosine) is sampled on its own grid."""
+    net = TinyEpsNet()
+    net.register_buffer("betas", cosine_betas(), persistent=False)
+    den = as_denoiser(net)
+    expected = sigmas_from_alphas_cumprod(alphas_cumprod(cosine_betas()))
+    torch.testing.assert_close(den.train_sigmas, expected, rtol=0, atol=0)
+    grid = sigma_grid([0, 499, 999], den.train_sigmas)
+    torch.testing.assert_close(grid[:3], expected[[999, 499, 0]], rtol=0, atol=0)
+    abar = alphas_cumprod(cosine_betas())
+    assert abar[0] > 0.9999 and abar[-1] < 1e-4 and bool((abar[1:] < abar[:-1]).all())
