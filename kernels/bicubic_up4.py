@@ -1,0 +1,213 @@
+"""Triton kernels for H, the bicubic x4 upsampling, and its adjoint H^T (DESIGN.md §2, paper Eq. 12).
+
+PyTorch semantics (``F.interpolate(scale_factor=4, mode="bicubic", align_corners=False)``): high-res index p
+reads the source coordinate ``src = (p + 0.5) / 4 - 0.5`` (not clamped at 0 for cubic), taps
+``floor(src) - 1 + m`` for m = 0..3, each clamped to [0, n - 1], with Keys cubic weights (a = -0.75) of
+``t = src - floor(src)``. With scale 4, t takes only the values 0.625, 0.875, 0.125, 0.375 (p % 4 = 0..3).
+
+Adjoint window: low-res index i is touched by exactly the 16 high-res indices ``4 i - 6 + c`` (c = 0..15),
+clipped to [0, 4 n). Clamping moves taps only onto the two border pixels, never onto interior ones, so the
+window is the same at the border; only the weights differ there (a border pixel sums several taps). The
+adjoint kernels gather over this window (no atomics): ``(H^T g)[i] = sum_c A(4 i - 6 + c, i) g[4 i - 6 + c]``.
+
+Arithmetic is float32 for fp16 / bf16 / fp32 inputs and float64 for float64 inputs. Triton is imported
+here, not in ``mimicfast.kernels``, so that ``mimicfast`` stays importable without it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from mimicfast.errors import InputError
+
+SCALE = 4
+# Width of the adjoint window (see module docstring) and the offset of its first element.
+WINDOW = tl.constexpr(16)
+WINDOW_START = tl.constexpr(-6)
+
+
+@triton.jit
+def cubic_taps(hi, CDT: tl.constexpr):
+    """Taps of the high-res indices ``hi`` (int tensor, any shape, may be negative).
+
+    Returns ``(first, w0, w1, w2, w3)``: the unclamped index of the first low-res tap (floor(src) - 1)
+    and the four weights, in dtype ``CDT``.
+    """
+    src = (hi.to(CDT) + 0.5) * 0.25 - 0.5
+    fl = tl.floor(src)
+    t = src - fl
+    # Keys cubic kernel, a = -0.75, written out as PyTorch's cubic_convolution2 (1 < |x| < 2, taps 0 and 3)
+    # and cubic_convolution1 (|x| <= 1, taps 1 and 2); inline because the interpreter pays per nested call.
+    x0 = t + 1.0
+    x2 = 1.0 - t
+    x3 = 2.0 - t
+    w0 = ((-0.75 * x0 + 3.75) * x0 - 6.0) * x0 + 3.0
+    w1 = (1.25 * t - 2.25) * t * t + 1.0
+    w2 = (1.25 * x2 - 2.25) * x2 * x2 + 1.0
+    w3 = ((-0.75 * x3 + 3.75) * x3 - 6.0) * x3 + 3.0
+    return fl.to(tl.int32) - 1, w0, w1, w2, w3
+
+
+@triton.jit
+def adjoint_weight_from_taps(first, w0, w1, w2, w3, in_range, lo, n_lo):
+    """H[hi, lo] along one axis from the taps ``cubic_taps(hi)`` of hi: sums the weights of all taps that
+    clamp onto ``lo``, zero where ``in_range`` (hi inside [0, 4 n_lo)) is false. Arguments broadcast."""
+    last = n_lo - 1
+    w = tl.where(tl.minimum(tl.maximum(first, 0), last) == lo, w0, 0.0)
+    w += tl.where(tl.minimum(tl.maximum(first + 1, 0), last) == lo, w1, 0.0)
+    w += tl.where(tl.minimum(tl.maximum(first + 2, 0), last) == lo, w2, 0.0)
+    w += tl.where(tl.minimum(tl.maximum(first + 3, 0), last) == lo, w3, 0.0)
+    return tl.where(in_range, w, 0.0)
+
+
+@triton.jit
+def adjoint_weight(hi, lo, n_lo, CDT: tl.constexpr):
+    """Weight with which low-res index ``lo`` enters high-res index ``hi`` (the entry H[hi, lo] along one axis).
+
+    Sums the weights of all taps that clamp onto ``lo``; zero where ``hi`` is outside [0, 4 n_lo).
+    ``hi`` and ``lo`` broadcast against each other.
+    """
+    first, w0, w1, w2, w3 = cubic_taps(hi, CDT)
+    return adjoint_weight_from_taps(first, w0, w1, w2, w3, (hi >= 0) & (hi < 4 * n_lo), lo, n_lo)
+
+
+@triton.jit
+def _bicubic_up4_kernel(
+    x_ptr, o_ptr, C, H, W,
+    sxb, sxc, sxh, sxw, sob, soc, soh, sow,
+    CDT: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
+):  # fmt: skip
+    # One program: a [BP, BQ] tile of high-res outputs of one (batch, channel) plane.
+    pid_bc = tl.program_id(0)
+    b = pid_bc // C
+    ch = pid_bc % C
+    ps = tl.program_id(1) * BP + tl.arange(0, BP)
+    qs = tl.program_id(2) * BQ + tl.arange(0, BQ)
+    x_base = x_ptr + b.to(tl.int64) * sxb + ch.to(tl.int64) * sxc
+    fy, a0, a1, a2, a3 = cubic_taps(ps, CDT)
+    fx, b0, b1, b2, b3 = cubic_taps(qs, CDT)
+    ay = (a0, a1, a2, a3)
+    bx = (b0, b1, b2, b3)
+    acc = tl.zeros([BP, BQ], dtype=CDT)
+    # Horizontal first, then vertical: the order PyTorch's CPU kernel uses.
+    for m in tl.static_range(4):
+        row = tl.minimum(tl.maximum(fy + m, 0), H - 1)
+        row_acc = tl.zeros([BP, BQ], dtype=CDT)
+        for n in tl.static_range(4):
+            col = tl.minimum(tl.maximum(fx + n, 0), W - 1)
+            v = tl.load(x_base + row[:, None] * sxh + col[None, :] * sxw).to(CDT)
+            row_acc += bx[n][None, :] * v
+        acc += ay[m][:, None] * row_acc
+    mask = (ps < 4 * H)[:, None] & (qs < 4 * W)[None, :]
+    o_base = o_ptr + b.to(tl.int64) * sob + ch.to(tl.int64) * soc
+    tl.store(o_base + ps[:, None] * soh + qs[None, :] * sow, acc.to(o_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bicubic_up4_adjoint_kernel(
+    g_ptr, o_ptr, C, H, W,
+    sgb, sgc, sgh, sgw, sob, soc, soh, sow,
+    CDT: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+):  # fmt: skip
+    # One program: a [BH, BW] tile of low-res outputs; H, W are the low-res sizes. It walks the high-res rows
+    # of its window one by one; each row is read as [BW, 16] (column window of every output column), reduced
+    # along x with the adjoint weights, and accumulated into the output rows it touches.
+    pid_bc = tl.program_id(0)
+    b = pid_bc // C
+    ch = pid_bc % C
+    i0 = tl.program_id(1) * BH
+    rows = i0 + tl.arange(0, BH)
+    cols = tl.program_id(2) * BW + tl.arange(0, BW)
+    hq = 4 * cols[:, None] + WINDOW_START + tl.arange(0, WINDOW)[None, :]
+    wxt = adjoint_weight(hq, cols[:, None], W, CDT)
+    q_in = (hq >= 0) & (hq < 4 * W)
+    g_base = g_ptr + b.to(tl.int64) * sgb + ch.to(tl.int64) * sgc
+    acc = tl.zeros([BH, BW], dtype=CDT)
+    for step in range(0, 4 * BH + WINDOW - 4):
+        p = 4 * i0 + WINDOW_START + step
+        # The row test is made full-shape because the interpreter rejects a mask broadcast from a scalar.
+        hp = hq * 0 + p
+        gv = tl.load(g_base + hp * sgh + hq * sgw, mask=q_in & (hp >= 0) & (hp < 4 * H), other=0.0).to(CDT)
+        u = tl.sum(gv * wxt, axis=1)
+        acc += adjoint_weight(p, rows, H, CDT)[:, None] * u[None, :]
+    mask = (rows < H)[:, None] & (cols < W)[None, :]
+    o_base = o_ptr + b.to(tl.int64) * sob + ch.to(tl.int64) * soc
+    tl.store(o_base + rows[:, None] * soh + cols[None, :] * sow, acc.to(o_ptr.dtype.element_ty), mask=mask)
+
+
+def compute_dtype(dtype: torch.dtype) -> tl.dtype:
+    """Arithmetic dtype of the kernels: float64 for float64 data, float32 otherwise."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def check_tensor(name: str, t: torch.Tensor) -> None:
+    """Raise :class:`InputError` unless ``t`` is a 4-D floating tensor that Triton can reach."""
+    if not isinstance(t, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 4:
+        raise InputError(f"{name} must be 4-D [B, C, H, W], got shape {tuple(t.shape)}")
+    if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise InputError(f"{name} must be float16 / bfloat16 / float32 / float64, got {t.dtype}")
+    if not t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise InputError(f"{name} is on {t.device}; Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1)")
+
+
+def _grid(bc: int, rows: int, cols: int, block_rows: int, block_cols: int) -> tuple[int, int, int]:
+    return (bc, triton.cdiv(rows, block_rows), triton.cdiv(cols, block_cols))
+
+
+def bicubic_up4_triton(x: torch.Tensor) -> torch.Tensor:
+    """H x: ``F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)``.
+
+    Args:
+        x: [B, C, H, W], fp16 / bf16 / fp32 / fp64, any strides (channels_last included), CUDA.
+    Returns:
+        [B, C, 4H, 4W] in ``x.dtype`` and ``x``'s memory format; fp32 arithmetic (fp64 for fp64).
+    """
+    check_tensor("x", x)
+    bsz, ch, h, w = x.shape
+    out = torch.empty(
+        (bsz, ch, SCALE * h, SCALE * w), dtype=x.dtype, device=x.device,
+        memory_format=_memory_format(x),
+    )  # fmt: skip
+    if out.numel() == 0:
+        return out
+    bp, bq = 16, 64
+    _bicubic_up4_kernel[_grid(bsz * ch, SCALE * h, SCALE * w, bp, bq)](
+        x, out, ch, h, w, *x.stride(), *out.stride(), CDT=compute_dtype(x.dtype), BP=bp, BQ=bq
+    )
+    return out
+
+
+def bicubic_up4_adjoint_triton(g: torch.Tensor) -> torch.Tensor:
+    """H^T g: the gradient of :func:`bicubic_up4_triton` w.r.t. its input, by gathering (no atomics).
+
+    Args:
+        g: [B, C, 4H, 4W], fp16 / bf16 / fp32 / fp64, any strides, CUDA.
+    Returns:
+        [B, C, H, W] in ``g.dtype`` and ``g``'s memory format; fp32 arithmetic (fp64 for fp64).
+    """
+    check_tensor("g", g)
+    bsz, ch, gh, gw = g.shape
+    if gh % SCALE or gw % SCALE:
+        raise InputError(f"adjoint input spatial size {(gh, gw)} is not a multiple of {SCALE}")
+    h, w = gh // SCALE, gw // SCALE
+    out = torch.empty((bsz, ch, h, w), dtype=g.dtype, device=g.device, memory_format=_memory_format(g))
+    if out.numel() == 0:
+        return out
+    bh, bw = 16, 32
+    _bicubic_up4_adjoint_kernel[_grid(bsz * ch, h, w, bh, bw)](
+        g, out, ch, h, w, *g.stride(), *out.stride(), CDT=compute_dtype(g.dtype), BH=bh, BW=bw
+    )
+    return out
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    """channels_last when ``t`` is laid out that way (and is not also contiguous), else contiguous."""
+    if not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
