@@ -76,6 +76,29 @@ def adjoint_weight(hi, lo, n_lo, CDT: tl.constexpr):
 
 
 @triton.jit
+def phase_taps(CDT: tl.constexpr):
+    """``cubic_taps`` of the 4 row phases k = 0..3: high-res index 4 i + k has first tap i + first_k and the
+    weights of phase k. Returns a tuple of 4 (first_k, w0, w1, w2, w3)."""
+    zero = tl.zeros([], dtype=tl.int32)
+    return cubic_taps(zero, CDT), cubic_taps(zero + 1, CDT), cubic_taps(zero + 2, CDT), cubic_taps(zero + 3, CDT)
+
+
+@triton.jit
+def add_highres_row(acc, v, taps, ip, k: tl.constexpr, rows, wxt, H):
+    """``acc[i, j] += H[p, i] * sum_c H[4 j - 6 + c, j] * v[j, c]`` for the high-res row ``p = 4 ip + k``.
+
+    ``v`` [BW, 16] holds the values of row p on the column window of each output column j, ``wxt`` [BW, 16]
+    the x-adjoint weights of those windows, ``taps = phase_taps(CDT)[k]``; ``acc`` is [BH, BW] over the
+    low-res ``rows`` (H of them in the image).
+    """
+    first, a0, a1, a2, a3 = taps
+    u = tl.sum(v * wxt, axis=1)
+    p = 4 * ip + k
+    wy = adjoint_weight_from_taps(ip + first, a0, a1, a2, a3, (p >= 0) & (p < 4 * H), rows, H)
+    return acc + wy[:, None] * u[None, :]
+
+
+@triton.jit
 def _bicubic_up4_kernel(
     x_ptr, o_ptr, C, H, W,
     sxb, sxc, sxh, sxw, sob, soc, soh, sow,
@@ -113,9 +136,9 @@ def _bicubic_up4_adjoint_kernel(
     sgb, sgc, sgh, sgw, sob, soc, soh, sow,
     CDT: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
 ):  # fmt: skip
-    # One program: a [BH, BW] tile of low-res outputs; H, W are the low-res sizes. It walks the high-res rows
-    # of its window one by one; each row is read as [BW, 16] (column window of every output column), reduced
-    # along x with the adjoint weights, and accumulated into the output rows it touches.
+    # One program: a [BH, BW] tile of low-res outputs; H, W are the low-res sizes. It walks the low-res rows
+    # i' whose high-res rows 4 i' + k touch the tile; each high-res row is read as [BW, 16] (the column window
+    # of every output column), reduced along x and accumulated into the output rows it touches.
     pid_bc = tl.program_id(0)
     b = pid_bc // C
     ch = pid_bc % C
@@ -125,15 +148,16 @@ def _bicubic_up4_adjoint_kernel(
     hq = 4 * cols[:, None] + WINDOW_START + tl.arange(0, WINDOW)[None, :]
     wxt = adjoint_weight(hq, cols[:, None], W, CDT)
     q_in = (hq >= 0) & (hq < 4 * W)
+    taps = phase_taps(CDT)
     g_base = g_ptr + b.to(tl.int64) * sgb + ch.to(tl.int64) * sgc
     acc = tl.zeros([BH, BW], dtype=CDT)
-    for step in range(0, 4 * BH + WINDOW - 4):
-        p = 4 * i0 + WINDOW_START + step
-        # The row test is made full-shape because the interpreter rejects a mask broadcast from a scalar.
-        hp = hq * 0 + p
-        gv = tl.load(g_base + hp * sgh + hq * sgw, mask=q_in & (hp >= 0) & (hp < 4 * H), other=0.0).to(CDT)
-        u = tl.sum(gv * wxt, axis=1)
-        acc += adjoint_weight(p, rows, H, CDT)[:, None] * u[None, :]
+    for step in range(0, BH + 4):
+        ip = i0 - 2 + step
+        for k in tl.static_range(4):
+            # The row test is made full-shape because the interpreter rejects a mask broadcast from a scalar.
+            hp = hq * 0 + (4 * ip + k)
+            gv = tl.load(g_base + hp * sgh + hq * sgw, mask=q_in & (hp >= 0) & (hp < 4 * H), other=0.0)
+            acc = add_highres_row(acc, gv.to(CDT), taps[k], ip, k, rows, wxt, H)
     mask = (rows < H)[:, None] & (cols < W)[None, :]
     o_base = o_ptr + b.to(tl.int64) * sob + ch.to(tl.int64) * soc
     tl.store(o_base + rows[:, None] * soh + cols[None, :] * sow, acc.to(o_ptr.dtype.element_ty), mask=mask)
@@ -156,7 +180,15 @@ def check_tensor(name: str, t: torch.Tensor) -> None:
         raise InputError(f"{name} is on {t.device}; Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1)")
 
 
-def _grid(bc: int, rows: int, cols: int, block_rows: int, block_cols: int) -> tuple[int, int, int]:
+def block(n: int, gpu: int, interpreter: int) -> int:
+    """Tile length along an axis of length n: ``gpu`` on a GPU, ``interpreter`` under TRITON_INTERPRET=1
+    (which pays per program and per operation, not per element), never beyond the next power of 2 of n."""
+    cap = interpreter if os.environ.get("TRITON_INTERPRET") == "1" else gpu
+    return min(cap, triton.next_power_of_2(n))
+
+
+def grid(bc: int, rows: int, cols: int, block_rows: int, block_cols: int) -> tuple[int, int, int]:
+    """Launch grid: (batch x channel planes, row tiles, column tiles)."""
     return (bc, triton.cdiv(rows, block_rows), triton.cdiv(cols, block_cols))
 
 
@@ -176,8 +208,8 @@ def bicubic_up4_triton(x: torch.Tensor) -> torch.Tensor:
     )  # fmt: skip
     if out.numel() == 0:
         return out
-    bp, bq = 16, 64
-    _bicubic_up4_kernel[_grid(bsz * ch, SCALE * h, SCALE * w, bp, bq)](
+    bp, bq = block(SCALE * h, 16, 64), block(SCALE * w, 64, 256)
+    _bicubic_up4_kernel[grid(bsz * ch, SCALE * h, SCALE * w, bp, bq)](
         x, out, ch, h, w, *x.stride(), *out.stride(), CDT=compute_dtype(x.dtype), BP=bp, BQ=bq
     )
     return out
@@ -199,8 +231,8 @@ def bicubic_up4_adjoint_triton(g: torch.Tensor) -> torch.Tensor:
     out = torch.empty((bsz, ch, h, w), dtype=g.dtype, device=g.device, memory_format=_memory_format(g))
     if out.numel() == 0:
         return out
-    bh, bw = 16, 32
-    _bicubic_up4_adjoint_kernel[_grid(bsz * ch, h, w, bh, bw)](
+    bh, bw = block(h, 16, 16), block(w, 32, 128)
+    _bicubic_up4_adjoint_kernel[grid(bsz * ch, h, w, bh, bw)](
         g, out, ch, h, w, *g.stride(), *out.stride(), CDT=compute_dtype(g.dtype), BH=bh, BW=bw
     )
     return out

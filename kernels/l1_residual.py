@@ -27,11 +27,14 @@ from mimicfast.errors import InputError
 from .bicubic_up4 import (
     WINDOW,
     WINDOW_START,
+    add_highres_row,
     adjoint_weight,
-    adjoint_weight_from_taps,
+    block,
     check_tensor,
     compute_dtype,
     cubic_taps,
+    grid,
+    phase_taps,
 )
 
 _MODES = {None: 0, "nearest": 1, "bicubic": 2}
@@ -92,17 +95,10 @@ def _hinterp_row(x_row, y_row, x_cols, y_cols, xw, CDT: tl.constexpr):
 
 
 @triton.jit
-def _add_highres_row(adj, g0, g1, g2, g3, taps, ip, k: tl.constexpr, rows, wxt, H):
-    """adj += (y-adjoint weights of high-res row p = 4 ip + k) x (x-adjoint of sign(H d) on row p).
-
-    ``g0..g3`` are the horizontally interpolated tap rows of p and ``taps = cubic_taps(k)`` its (relative)
-    first tap and weights, shared by every row of phase k.
-    """
-    first, a0, a1, a2, a3 = taps
-    u = tl.sum(_sign(a0 * g0 + a1 * g1 + a2 * g2 + a3 * g3) * wxt, axis=1)
-    p = 4 * ip + k
-    wy = adjoint_weight_from_taps(ip + first, a0, a1, a2, a3, (p >= 0) & (p < 4 * H), rows, H)
-    return adj + wy[:, None] * u[None, :]
+def _sign_hd(g0, g1, g2, g3, taps):
+    """sign(H d) on one high-res row: vertical interpolation of its 4 tap rows (phase weights ``taps``)."""
+    _, a0, a1, a2, a3 = taps
+    return _sign(a0 * g0 + a1 * g1 + a2 * g2 + a3 * g3)
 
 
 @triton.jit
@@ -137,11 +133,7 @@ def _l1_residual_kernel(
         x_cols = _col_offsets(cols, sxw, W)
         y_cols = _col_offsets(cols, syw, W)
         # Taps of the 4 row phases: high-res rows 4 i' + 0, 1 tap i' - 2 .. i' + 1; 4 i' + 2, 3 tap i' - 1 .. i' + 2.
-        zero = tl.zeros([], dtype=tl.int32)
-        taps0 = cubic_taps(zero, CDT)
-        taps1 = cubic_taps(zero + 1, CDT)
-        taps2 = cubic_taps(zero + 2, CDT)
-        taps3 = cubic_taps(zero + 3, CDT)
+        taps = phase_taps(CDT)
         # Rolling window of horizontally interpolated rows i' - 2 .. i' + 2 (row index clamped = border clamp).
         r0 = tl.maximum(i0 - 4, 0)
         g0 = _hinterp_row(x_base + r0 * sxh, y_base + r0 * syh, x_cols, y_cols, xw, CDT)
@@ -156,10 +148,10 @@ def _l1_residual_kernel(
             ip = i0 - 2 + step
             r4 = tl.minimum(tl.maximum(ip + 2, 0), H - 1)
             g4 = _hinterp_row(x_base + r4 * sxh, y_base + r4 * syh, x_cols, y_cols, xw, CDT)
-            adj = _add_highres_row(adj, g0, g1, g2, g3, taps0, ip, 0, rows, wxt, H)
-            adj = _add_highres_row(adj, g0, g1, g2, g3, taps1, ip, 1, rows, wxt, H)
-            adj = _add_highres_row(adj, g1, g2, g3, g4, taps2, ip, 2, rows, wxt, H)
-            adj = _add_highres_row(adj, g1, g2, g3, g4, taps3, ip, 3, rows, wxt, H)
+            adj = add_highres_row(adj, _sign_hd(g0, g1, g2, g3, taps[0]), taps[0], ip, 0, rows, wxt, H)
+            adj = add_highres_row(adj, _sign_hd(g0, g1, g2, g3, taps[1]), taps[1], ip, 1, rows, wxt, H)
+            adj = add_highres_row(adj, _sign_hd(g1, g2, g3, g4, taps[2]), taps[2], ip, 2, rows, wxt, H)
+            adj = add_highres_row(adj, _sign_hd(g1, g2, g3, g4, taps[3]), taps[3], ip, 3, rows, wxt, H)
             g0, g1, g2, g3 = g1, g2, g3, g4
         r = long_w * s + short_w * adj
     elif MODE == 1:
@@ -220,18 +212,12 @@ def l1_residual_triton(
     r = torch.empty_like(x0_hat, dtype=out_dtype)
     if r.numel() == 0:
         return r
-    bh, bw = _blocks(h, w)
-    grid = (bsz * ch, triton.cdiv(h, bh), triton.cdiv(w, bw))
-    _l1_residual_kernel[grid](
+    # 16 x 32 tiles with 8 warps: 130 registers and no spills for sm_90 in the compiler's report.
+    bh, bw = block(h, 16, 16), block(w, 32, 128)
+    _l1_residual_kernel[grid(bsz * ch, h, w, bh, bw)](
         x0_hat, y, weight if weight is not None else r, r, ch, h, w,
         *x0_hat.stride(), *y.stride(), *r.stride(), *_split(long_weight), *_split(short_weight),
         MODE=_MODES[upsample], HAS_WEIGHT=weight is not None, CDT=compute_dtype(x0_hat.dtype), BH=bh, BW=bw,
         num_warps=8 if upsample == "bicubic" else 4,
     )  # fmt: skip
     return r
-
-
-def _blocks(h: int, w: int) -> tuple[int, int]:
-    """Output tile [BH, BW]: 16 x 32 (with 8 warps: 130 registers, no spills for sm_90 in the compiler's
-    report), shrunk for small images so that fewer lanes idle."""
-    return min(16, triton.next_power_of_2(h)), min(32, max(16, triton.next_power_of_2(w)))
