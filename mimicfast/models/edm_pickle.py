@@ -41,7 +41,6 @@ __all__ = [
     "PICKLE_SUFFIXES",
     "PersistedObject",
     "RestrictedUnpickler",
-    "is_pickle_header",
     "load_edm_pickle",
     "network_from_persisted",
     "read_edm_pickle",
@@ -356,9 +355,3 @@ def load_edm_pickle(path: str | PathLike[str], key: str = "ema") -> nn.Module:
         return network_from_persisted(obj)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-
-
-def is_pickle_header(head: bytes) -> bool:
-    """True for a pickle stream (protocol >= 2 starts with PROTO 0x80 and a version byte)."""
-    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
-

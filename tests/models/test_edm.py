@@ -38,7 +38,7 @@ def _run(net, vec, dtype):
 
     hooks = [net.model.register_forward_hook(grab("model"), with_kwargs=True),
              net.model.map_layer1.register_forward_hook(grab("map_layer1"), with_kwargs=True),
-             net.model.dec[seen_name(net)].register_forward_hook(grab("bottleneck"), with_kwargs=True)]
+             net.model.dec[_bottleneck_name(net)].register_forward_hook(grab("bottleneck"), with_kwargs=True)]
     labels = vec.get("class_labels")
     try:
         with torch.no_grad():
@@ -52,7 +52,8 @@ def _run(net, vec, dtype):
                 bottleneck_out=seen["bottleneck"][2])
 
 
-def seen_name(net):
+def _bottleneck_name(net) -> str:
+    """The second decoder block, ``<lowest>x<lowest>_in1``, whose output the fixtures record."""
     lowest = net.img_resolution >> (len(net.init_kwargs["channel_mult"]) - 1)
     return f"{lowest}x{lowest}_in1"
 
@@ -64,8 +65,7 @@ def test_state_dict_keys_order_and_buffers(fixture):
     assert all(ours[k].shape == v.shape and ours[k].dtype == v.dtype for k, v in sd.items())
     assert sum(p.numel() for p in net.parameters()) == meta["num_params"]
     assert len(ours) == meta["num_state_dict_entries"]
-    assert f"model.dec.{seen_name(net)}" == meta["bottleneck_block"].removeprefix("model.dec.").join(
-        ["model.dec.", ""])
+    assert f"model.dec.{_bottleneck_name(net)}" == meta["bottleneck_block"]
     # resample_filter buffers as constructed ([1,1] filter -> all 0.25), on a fresh random instance too
     fresh = edm_network(meta["precond_class"], **meta["kwargs"]).state_dict()
     filters = [k for k in sd if k.endswith("resample_filter")]
