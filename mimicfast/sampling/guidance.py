@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from mimicfast.ops import l1_residual
 from mimicfast.presets import Preset
 from mimicfast.reference.ops import SCALE, upsample_adjoint_reference, upsample_reference
 from mimicfast.sampling.ancestral import denoise
@@ -79,8 +80,6 @@ class MimicGuidance:
         """d(loss)/d(x0_hat) per sample, [B, C, H, W]."""
         if self.preset.distance == "l2":
             return l2_residual(x0_hat, self.y, self.preset, self.long_w, self.short_w)
-        from mimicfast.ops import l1_residual
-
         upsample = self.preset.upsample if self.short_w else None
         r = l1_residual(x0_hat, self.y, upsample, long_weight=self.long_w, short_weight=self.short_w)
         return r.to(x0_hat.dtype)
