@@ -171,3 +171,15 @@ def test_state_that_contradicts_its_config_is_refused(tmp_path):
 def test_fake_module_is_only_present_while_dumping():
     edm_pickle_bytes(tiny_edm())
     assert "torch_utils.persistence" not in sys.modules
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_numeric_numpy_data_is_read_and_object_arrays_are_refused(protocol):
+    import numpy as np
+
+    data = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.float64(0.5), "i": np.int64(3)}
+    back = read_edm_pickle(io.BytesIO(pickle.dumps(data, protocol=protocol)))
+    assert back["a"].dtype == np.float32 and np.array_equal(back["a"], data["a"])
+    assert back["s"] == 0.5 and back["i"] == 3
+    with pytest.raises(CheckpointError, match="refusing numpy dtype 'O8'"):
+        read_edm_pickle(io.BytesIO(pickle.dumps(np.array([1, "x"], dtype=object), protocol=protocol)))
