@@ -11,7 +11,8 @@ a directory                    diffusers ``UNet2DModel`` + scheduler (optional e
 =============================  ===========================================================================
 
 A config is a name from :data:`~mimicfast.models.loading.GD_CONFIGS`, a dict, or a JSON file; when none is
-given, ``<stem>.json`` beside the checkpoint is used if it exists. Config dicts name their family:
+given, ``<stem>.json`` beside the checkpoint is used if it exists. Config dicts name their family (inferred
+when absent from ``precond_class`` or ``image_size`` + ``num_channels``):
 ``{"family": "guided_diffusion", "config": "imagenet256-uncond"}``,
 ``{"family": "guided_diffusion", <create_model kwargs>}`` or
 ``{"family": "edm", "precond_class": "EDMPrecond", <EDM constructor kwargs>}`` (the kwargs may also sit under a
@@ -125,6 +126,11 @@ def _resolve_config(path: Path, config: Any) -> dict[str, Any] | None:
     if not isinstance(config, Mapping):
         raise InputError(f"config must be a name, a dict or a .json path, got {type(config).__name__}")
     cfg = dict(config)
+    if "family" not in cfg:  # unambiguous without it: EDM configs name a precond, GD ones an image_size
+        if "precond_class" in cfg:
+            cfg["family"] = "edm"
+        elif "image_size" in cfg and "num_channels" in cfg:
+            cfg["family"] = "guided_diffusion"
     if cfg.get("family") not in FAMILIES:
         raise InputError(f"{source}: 'family' must be one of {', '.join(FAMILIES)}, got {cfg.get('family')!r}")
     if cfg["family"] == "edm":

@@ -72,7 +72,10 @@ def test_edm_state_dict_config_mismatch_names_keys(tmp_path, parity_dir):
     with pytest.raises(InputError, match="needs 'precond_class'"):
         load(parity_dir / f"{EDM_SMALL}_state_dict.pt", {"family": "edm"})
     with pytest.raises(InputError, match="'family' must be one of"):
-        load(parity_dir / f"{EDM_SMALL}_state_dict.pt", {"precond_class": "EDMPrecond"})
+        load(parity_dir / f"{EDM_SMALL}_state_dict.pt", {"model_channels": 16})
+    # The fixture's own kwargs file (no "family") is a valid config: precond_class implies EDM.
+    model = load(parity_dir / f"{EDM_SMALL}_state_dict.pt", parity_dir / f"{EDM_SMALL}_kwargs.json")
+    assert model.checkpoint_config["family"] == "edm"
 
 
 def test_guided_diffusion_autodetect_and_named_config(parity_dir):
