@@ -15,7 +15,7 @@ _LAZY = {
     "load_guided_diffusion": "mimicfast.models.loading",
     "GD_CONFIGS": "mimicfast.models.loading",
     "edm_network": "mimicfast.models.edm",
-    "load": "mimicfast.models.load",
+    "load": "mimicfast.models.loader",
 }
 
 __all__ = list(_LAZY)

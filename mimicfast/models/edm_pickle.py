@@ -35,7 +35,7 @@ from torch import nn
 from mimicfast.errors import CheckpointError
 from mimicfast.models.edm import edm_network
 from mimicfast.models.edm_precond import PRECOND_CLASSES
-from mimicfast.models.loading import _mismatch
+from mimicfast.models.loading import state_dict_mismatch
 
 __all__ = [
     "PICKLE_SUFFIXES",
@@ -75,8 +75,9 @@ class _PickledContainer:
         self.state = state
 
 
-_CONTAINERS = {name: type(name, (_PickledContainer,), {"class_name": name})
-               for name in ("ModuleDict", "ModuleList", "Sequential")}
+_CONTAINERS = {
+    name: type(name, (_PickledContainer,), {"class_name": name}) for name in ("ModuleDict", "ModuleList", "Sequential")
+}
 
 
 class _EasyDict(dict):
@@ -104,8 +105,15 @@ def _check_hooks(hooks: Any) -> None:
         raise CheckpointError("pickled tensor carries backward hooks")
 
 
-def _rebuild_tensor_v2(storage: Any, offset: int, size: tuple, stride: tuple, requires_grad: bool = False,
-                       backward_hooks: Any = None, metadata: Any = None) -> torch.Tensor:
+def _rebuild_tensor_v2(
+    storage: Any,
+    offset: int,
+    size: tuple,
+    stride: tuple,
+    requires_grad: bool = False,
+    backward_hooks: Any = None,
+    metadata: Any = None,
+) -> torch.Tensor:
     if not isinstance(storage, torch.storage.TypedStorage | torch.UntypedStorage):
         raise CheckpointError(f"tensor rebuilt from a {type(storage).__name__}, not a torch storage")
     _check_hooks(backward_hooks)
@@ -205,8 +213,10 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         target = _ALLOWED.get((module, name))
         if target is None:
-            raise CheckpointError(f"refusing to load global {module}.{name}: not on the allow-list of data types "
-                                  "an EDM network pickle needs (mimicfast never runs code from checkpoints)")
+            raise CheckpointError(
+                f"refusing to load global {module}.{name}: not on the allow-list of data types "
+                "an EDM network pickle needs (mimicfast never runs code from checkpoints)"
+            )
         return target
 
     def persistent_load(self, pid: Any) -> Any:
@@ -220,17 +230,50 @@ def read_edm_pickle(file: BinaryIO) -> Any:
         return RestrictedUnpickler(file).load()
     except CheckpointError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            MemoryError, UnicodeDecodeError) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        UnicodeDecodeError,
+    ) as e:
         raise CheckpointError(f"truncated or corrupt pickle: {type(e).__name__}: {e}") from None
 
 
 # Hyper-parameters whose persisted values must equal the rebuilt module's (catches a pickle whose state does
 # not match its recorded constructor arguments).
-_CHECKED_ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "emb_channels", "num_groups", "eps",
-                  "num_heads", "skip_scale", "adaptive_scale", "up", "down", "fused_resample", "num_channels",
-                  "max_positions", "endpoint", "img_resolution", "img_channels", "label_dim", "sigma_data", "M",
-                  "beta_d", "beta_min", "epsilon_t", "C_1", "C_2")
+_CHECKED_ATTRS = (
+    "in_features",
+    "out_features",
+    "in_channels",
+    "out_channels",
+    "emb_channels",
+    "num_groups",
+    "eps",
+    "num_heads",
+    "skip_scale",
+    "adaptive_scale",
+    "up",
+    "down",
+    "fused_resample",
+    "num_channels",
+    "max_positions",
+    "endpoint",
+    "img_resolution",
+    "img_channels",
+    "label_dim",
+    "sigma_data",
+    "M",
+    "beta_d",
+    "beta_min",
+    "epsilon_t",
+    "C_1",
+    "C_2",
+)
 
 
 def _plain(value: Any) -> Any:
@@ -247,12 +290,14 @@ def _plain(value: Any) -> Any:
 def _init_kwargs(obj: PersistedObject) -> dict[str, Any]:
     args, kwargs = obj.state.get("_init_args", ()), obj.state.get("_init_kwargs")
     if not isinstance(kwargs, Mapping) or not isinstance(args, tuple | list):
-        raise CheckpointError(f"pickled {obj.class_name} does not record its constructor arguments "
-                              "(_init_args/_init_kwargs)")
+        raise CheckpointError(
+            f"pickled {obj.class_name} does not record its constructor arguments (_init_args/_init_kwargs)"
+        )
     kwargs = _plain(kwargs)
     if args:  # map positional arguments onto the reference signature's names
-        names = [p for p in inspect.signature(PRECOND_CLASSES[obj.class_name]).parameters
-                 if p != "model_kwargs"][: len(args)]
+        names = [p for p in inspect.signature(PRECOND_CLASSES[obj.class_name]).parameters if p != "model_kwargs"][
+            : len(args)
+        ]
         if len(names) < len(args):
             raise CheckpointError(f"pickled {obj.class_name} has {len(args)} positional arguments; too many")
         kwargs = dict(zip(names, _plain(list(args)), strict=True)) | kwargs
@@ -270,8 +315,10 @@ def _walk(node: Any, module: nn.Module, prefix: str) -> Iterator[tuple[str, torc
     state = node.state
     for attr in _CHECKED_ATTRS:
         if attr in state and hasattr(module, attr) and _plain(state[attr]) != getattr(module, attr):
-            raise CheckpointError(f"{where}: pickled {attr}={_plain(state[attr])!r} but the constructor "
-                                  f"arguments give {getattr(module, attr)!r}")
+            raise CheckpointError(
+                f"{where}: pickled {attr}={_plain(state[attr])!r} but the constructor "
+                f"arguments give {getattr(module, attr)!r}"
+            )
     non_persistent = state.get("_non_persistent_buffers_set") or set()
     for group in ("_parameters", "_buffers"):
         tensors = state.get(group) or {}
@@ -289,8 +336,9 @@ def _walk(node: Any, module: nn.Module, prefix: str) -> Iterator[tuple[str, torc
         if child is None:
             continue
         if key not in ours:
-            raise CheckpointError(f"{where}: pickled submodule {key!r} does not exist in mimicfast's "
-                                  f"{type(module).__name__}")
+            raise CheckpointError(
+                f"{where}: pickled submodule {key!r} does not exist in mimicfast's {type(module).__name__}"
+            )
         yield from _walk(child, ours[key], f"{prefix}{key}.")
 
 
@@ -300,8 +348,10 @@ def network_from_persisted(obj: PersistedObject) -> nn.Module:
     Returns the network in eval mode with frozen parameters (float32 as stored; CPU).
     """
     if obj.class_name not in PRECOND_CLASSES:
-        raise CheckpointError(f"pickled network class {obj.class_name!r} is not supported; mimicfast rebuilds "
-                              f"{', '.join(sorted(PRECOND_CLASSES))}")
+        raise CheckpointError(
+            f"pickled network class {obj.class_name!r} is not supported; mimicfast rebuilds "
+            f"{', '.join(sorted(PRECOND_CLASSES))}"
+        )
     kwargs = _init_kwargs(obj)
     try:
         with torch.device("meta"):  # shapes only: the weights come from the file
@@ -312,7 +362,7 @@ def network_from_persisted(obj: PersistedObject) -> nn.Module:
     for key, tensor in _walk(obj, net, ""):
         found[key] = tensor
     expected = net.state_dict()
-    problem = _mismatch(net, found)
+    problem = state_dict_mismatch(net, found)
     if problem:
         raise CheckpointError(f"pickled {obj.class_name} tensors do not match its configuration: {problem}")
     net.load_state_dict({k: found[k] for k in expected}, strict=True, assign=True)

@@ -22,7 +22,14 @@ from mimicfast.errors import CheckpointError, InputError
 from mimicfast.models.guided_diffusion import GuidedDiffusionUNet, guided_diffusion_unet
 from mimicfast.sampling.schedules import cosine_betas
 
-__all__ = ["GD_CONFIGS", "GD_NOISE_SCHEDULES", "load_guided_diffusion", "load_state_dict_file"]
+__all__ = [
+    "GD_CONFIGS",
+    "GD_NOISE_SCHEDULES",
+    "load_guided_diffusion",
+    "load_state_dict_file",
+    "matching_gd_configs",
+    "state_dict_mismatch",
+]
 
 # Shared by the public ImageNet models: flags from guided-diffusion's README on top of its script defaults
 # (model_and_diffusion_defaults: num_heads=4, num_heads_upsample=-1, channel_mult="", ...). use_fp16 is False
@@ -243,7 +250,7 @@ def _build_on_meta(kwargs: dict[str, Any], name: str) -> GuidedDiffusionUNet:
         raise InputError(f"config {name!r} has invalid create_model kwargs: {e}") from None
 
 
-def _mismatch(model: nn.Module, sd: Mapping[str, Tensor]) -> str | None:
+def state_dict_mismatch(model: nn.Module, sd: Mapping[str, Tensor]) -> str | None:
     """Describe how ``sd`` differs from the model's keys/shapes, or None if it loads strictly."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
@@ -265,8 +272,9 @@ def _mismatch(model: nn.Module, sd: Mapping[str, Tensor]) -> str | None:
     return "; ".join(parts) or None
 
 
-def _matching_configs(sd: Mapping[str, Tensor]) -> list[str]:
-    return [name for name, kw in GD_CONFIGS.items() if _mismatch(_build_on_meta(kw, name), sd) is None]
+def matching_gd_configs(sd: Mapping[str, Tensor]) -> list[str]:
+    """Names of the GD_CONFIGS whose keys and shapes ``sd`` matches exactly (built on the meta device)."""
+    return [name for name, kw in GD_CONFIGS.items() if state_dict_mismatch(_build_on_meta(kw, name), sd) is None]
 
 
 def load_guided_diffusion(
@@ -301,9 +309,9 @@ def load_guided_diffusion(
         raise InputError(f"dtype must be a floating-point dtype, got {dtype}")
     sd = load_state_dict_file(path)
     model = _build_on_meta(kwargs, name)
-    problem = _mismatch(model, sd)
+    problem = state_dict_mismatch(model, sd)
     if problem is not None:
-        matches = [m for m in _matching_configs(sd) if m != name]
+        matches = [m for m in matching_gd_configs(sd) if m != name]
         hint = f"; the file matches config {', '.join(repr(m) for m in matches)}" if matches else ""
         raise CheckpointError(f"{path}: checkpoint does not match config {name!r}: {problem}{hint}")
     if dtype is not None:

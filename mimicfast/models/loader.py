@@ -36,10 +36,10 @@ from mimicfast.models.edm import edm_network
 from mimicfast.models.edm_pickle import PICKLE_SUFFIXES, load_edm_pickle
 from mimicfast.models.loading import (
     GD_CONFIGS,
-    _matching_configs,
-    _mismatch,
     load_guided_diffusion,
     load_state_dict_file,
+    matching_gd_configs,
+    state_dict_mismatch,
 )
 
 __all__ = ["FAMILIES", "load", "sidecar_config_path"]
@@ -120,8 +120,10 @@ def _resolve_config(path: Path, config: Any) -> dict[str, Any] | None:
     elif isinstance(config, str | PathLike):
         file = Path(config)
         if file.suffix.lower() != ".json" or not file.is_file():
-            raise InputError(f"unknown config {str(config)!r}: neither a guided-diffusion config name "
-                             f"({', '.join(GD_CONFIGS)}) nor an existing .json file")
+            raise InputError(
+                f"unknown config {str(config)!r}: neither a guided-diffusion config name "
+                f"({', '.join(GD_CONFIGS)}) nor an existing .json file"
+            )
         config, source = _read_json(file), f"config {file}"
     if not isinstance(config, Mapping):
         raise InputError(f"config must be a name, a dict or a .json path, got {type(config).__name__}")
@@ -139,26 +141,31 @@ def _resolve_config(path: Path, config: Any) -> dict[str, Any] | None:
         if not isinstance(cfg.get("precond_class"), str):
             raise InputError(f"{source}: an EDM config needs 'precond_class' (e.g. \"EDMPrecond\")")
     elif "config" in cfg and cfg["config"] not in GD_CONFIGS:
-        raise InputError(f"{source}: unknown guided-diffusion config {cfg['config']!r}; known: "
-                         f"{', '.join(GD_CONFIGS)}")
+        raise InputError(f"{source}: unknown guided-diffusion config {cfg['config']!r}; known: {', '.join(GD_CONFIGS)}")
     return cfg
 
 
 def _autodetect(path: Path) -> nn.Module:
     sd = load_state_dict_file(path)
     if _GD_MARKER in sd:
-        names = _matching_configs(sd)
+        names = matching_gd_configs(sd)
         if not names:
-            raise CheckpointError(f"{path}: a guided-diffusion state dict that matches none of the known configs "
-                                  f"({', '.join(GD_CONFIGS)}); pass its create_model kwargs as a config dict or "
-                                  f"put them in {sidecar_config_path(path).name}")
+            raise CheckpointError(
+                f"{path}: a guided-diffusion state dict that matches none of the known configs "
+                f"({', '.join(GD_CONFIGS)}); pass its create_model kwargs as a config dict or "
+                f"put them in {sidecar_config_path(path).name}"
+            )
         return _finish(load_guided_diffusion(path, names[0]), {"family": "guided_diffusion", "config": names[0]})
     if _EDM_MARKER in sd:
-        raise CheckpointError(f"{path}: an EDM state dict does not say its architecture; pass a config "
-                              "({\"family\": \"edm\", \"precond_class\": ..., <kwargs>}) or put it in "
-                              f"{sidecar_config_path(path).name}")
-    raise CheckpointError(f"{path}: state dict of an unknown architecture (neither {_GD_MARKER!r} nor "
-                          f"{_EDM_MARKER!r} present; first keys: {', '.join(list(sd)[:3])})")
+        raise CheckpointError(
+            f"{path}: an EDM state dict does not say its architecture; pass a config "
+            '({"family": "edm", "precond_class": ..., <kwargs>}) or put it in '
+            f"{sidecar_config_path(path).name}"
+        )
+    raise CheckpointError(
+        f"{path}: state dict of an unknown architecture (neither {_GD_MARKER!r} nor "
+        f"{_EDM_MARKER!r} present; first keys: {', '.join(list(sd)[:3])})"
+    )
 
 
 def _load_edm_state_dict(path: Path, sd: Mapping[str, torch.Tensor], cfg: dict[str, Any]) -> nn.Module:
@@ -168,7 +175,7 @@ def _load_edm_state_dict(path: Path, sd: Mapping[str, torch.Tensor], cfg: dict[s
             net = edm_network(cfg["precond_class"], **kwargs)
     except (TypeError, ValueError) as e:
         raise InputError(f"{path}: invalid EDM config: {e}") from None
-    problem = _mismatch(net, sd)
+    problem = state_dict_mismatch(net, sd)
     if problem is not None:
         raise CheckpointError(f"{path}: checkpoint does not match its EDM {cfg['precond_class']} config: {problem}")
     net.load_state_dict(dict(sd), strict=True, assign=True)
@@ -177,6 +184,7 @@ def _load_edm_state_dict(path: Path, sd: Mapping[str, torch.Tensor], cfg: dict[s
 
 def _finish(model: nn.Module, cfg: dict[str, Any]) -> nn.Module:
     # JSON has no infinity: sigma_max=inf is EDMPrecond's default, so it is left out rather than written.
-    model.checkpoint_config = {k: v for k, v in cfg.items()
-                               if not (k == "sigma_max" and isinstance(v, float) and math.isinf(v))}
+    model.checkpoint_config = {
+        k: v for k, v in cfg.items() if not (k == "sigma_max" and isinstance(v, float) and math.isinf(v))
+    }
     return model.eval().requires_grad_(False)
