@@ -69,13 +69,19 @@ def _x_interp_weights(CDT: tl.constexpr):
 
 
 @triton.jit
+def _clamped(cols, s: tl.constexpr, stride, W):
+    # Both bounds for every offset: tail lanes of the last tile (cols >= W) must not read past the row.
+    return tl.minimum(tl.maximum(cols + s, 0), W - 1) * stride
+
+
+@triton.jit
 def _col_offsets(cols, stride, W):
     """Element offsets of the clamped columns j + s, s = -4..3 (the tap offsets of the column window)."""
     return (
-        tl.maximum(cols - 4, 0) * stride, tl.maximum(cols - 3, 0) * stride,
-        tl.maximum(cols - 2, 0) * stride, tl.maximum(cols - 1, 0) * stride,
-        tl.minimum(cols, W - 1) * stride, tl.minimum(cols + 1, W - 1) * stride,
-        tl.minimum(cols + 2, W - 1) * stride, tl.minimum(cols + 3, W - 1) * stride,
+        _clamped(cols, -4, stride, W), _clamped(cols, -3, stride, W),
+        _clamped(cols, -2, stride, W), _clamped(cols, -1, stride, W),
+        _clamped(cols, 0, stride, W), _clamped(cols, 1, stride, W),
+        _clamped(cols, 2, stride, W), _clamped(cols, 3, stride, W),
     )  # fmt: skip
 
 
