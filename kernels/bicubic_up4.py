@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from mimicfast.errors import InputError
+from mimicfast.ops import _dispatch
 
 SCALE = 4
 # Width of the adjoint window (see module docstring) and the offset of its first element.
@@ -164,18 +165,13 @@ def _bicubic_up4_adjoint_kernel(
 
 
 def compute_dtype(dtype: torch.dtype) -> tl.dtype:
-    """Arithmetic dtype of the kernels: float64 for float64 data, float32 otherwise."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    """Arithmetic dtype of the kernels (as Triton spells it): float64 for float64 data, float32 otherwise."""
+    return tl.float64 if _dispatch.compute_dtype(dtype) == torch.float64 else tl.float32
 
 
 def check_tensor(name: str, t: torch.Tensor) -> None:
-    """Raise :class:`InputError` unless ``t`` is a 4-D floating tensor that Triton can reach."""
-    if not isinstance(t, torch.Tensor):
-        raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != 4:
-        raise InputError(f"{name} must be 4-D [B, C, H, W], got shape {tuple(t.shape)}")
-    if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise InputError(f"{name} must be float16 / bfloat16 / float32 / float64, got {t.dtype}")
+    """Raise :class:`InputError` unless ``t`` is a 4-D float tensor that Triton can reach."""
+    _dispatch.check_tensor(name, t)
     if not t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise InputError(f"{name} is on {t.device}; Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1)")
 
@@ -202,10 +198,7 @@ def bicubic_up4_triton(x: torch.Tensor) -> torch.Tensor:
     """
     check_tensor("x", x)
     bsz, ch, h, w = x.shape
-    out = torch.empty(
-        (bsz, ch, SCALE * h, SCALE * w), dtype=x.dtype, device=x.device,
-        memory_format=_memory_format(x),
-    )  # fmt: skip
+    out = _dispatch.empty_like_layout((bsz, ch, SCALE * h, SCALE * w), x, x.dtype)
     if out.numel() == 0:
         return out
     bp, bq = block(SCALE * h, 16, 64), block(SCALE * w, 64, 256)
@@ -228,7 +221,7 @@ def bicubic_up4_adjoint_triton(g: torch.Tensor) -> torch.Tensor:
     if gh % SCALE or gw % SCALE:
         raise InputError(f"adjoint input spatial size {(gh, gw)} is not a multiple of {SCALE}")
     h, w = gh // SCALE, gw // SCALE
-    out = torch.empty((bsz, ch, h, w), dtype=g.dtype, device=g.device, memory_format=_memory_format(g))
+    out = _dispatch.empty_like_layout((bsz, ch, h, w), g, g.dtype)
     if out.numel() == 0:
         return out
     bh, bw = block(h, 16, 16), block(w, 32, 128)
@@ -236,10 +229,3 @@ def bicubic_up4_adjoint_triton(g: torch.Tensor) -> torch.Tensor:
         g, out, ch, h, w, *g.stride(), *out.stride(), CDT=compute_dtype(g.dtype), BH=bh, BW=bw
     )
     return out
-
-
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    """channels_last when ``t`` is laid out that way (and is not also contiguous), else contiguous."""
-    if not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
