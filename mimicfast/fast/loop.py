@@ -10,8 +10,9 @@ per kind (guided / unguided) in a CUDA graph it is replayed for every step (:mod
 The arithmetic is that of :func:`mimicfast.sampling.ancestral.sample` with
 :class:`mimicfast.sampling.guidance.MimicGuidance`, operation for operation, so that in the working dtype
 the fast path's eager mode equals :func:`mimicfast.api.purify_batch` bit for bit. The one structural
-difference: the last step (to sigma = 0) is the same code as the others, with its noise multiplied by an
-exact 0 from a mask table instead of skipped by a Python branch; ``x + 0 * z == x`` exactly.
+difference: the last step (to sigma = 0) is the same code as the others, its noise term replaced by an exact 0
+through ``torch.where`` on a device mask instead of skipped by a Python branch (a multiplication by 0 would
+turn a learned variance that overflows at sigma = 0 into NaN); ``x + 0 == x`` exactly.
 
 Noise: sample i draws from its own ``torch.Generator`` seeded with ``seeds[i]``
 (:class:`mimicfast.sampling.noise.PerSampleNoise`): the start noise, then one draw per step. On CUDA the
@@ -75,9 +76,7 @@ class FastLoop:
         self.coef = StepCoefficients.build(sigmas, preset.eta, device=self.device, dtype=dtype)
         self.guidance = MimicGuidance(self.y, preset, sigmas)  # reads self.y, refilled by reset()
         self.kinds = list(self.guidance.active)
-        mask = torch.ones(self.steps, dtype=torch.float64)
-        mask[-1] = 0.0  # the last step lands on sigma = 0 and adds no noise
-        self.noise_mask = mask.to(device=self.device, dtype=dtype)
+        self.noise_on = torch.arange(self.steps, device=self.device) < self.steps - 1  # sigma = 0 last: no noise
         self.noise = PerSampleNoise(range(self.shape[0]), self.shape[1:], device=self.device, dtype=dtype)
 
     def reset(self, y: torch.Tensor, seeds: Sequence[int]) -> None:
@@ -132,7 +131,7 @@ class FastLoop:
                 std = (0.5 * log_var).exp() * self._at(c.inv_sqrt_abar_next)
             else:
                 std = self._at(c.sigma_up)
-            x = x + (std * self._at(self.noise_mask)) * self.noise()
+            x = x + torch.where(self._at(self.noise_on), std * self.noise(), 0.0)
             if delta is not None:
                 x = x + delta
             self.x.copy_(x)
