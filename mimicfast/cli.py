@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMAND_MODULES = ("mimicfast.purify_cli", "mimicfast.convert")
+SUBCOMMAND_MODULES = ("mimicfast.purify_cli", "mimicfast.demo", "mimicfast.train.cli", "mimicfast.convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mimicfast.attacks.pgd import check_attack_args, project, random_start
+from mimicfast.errors import InputError
 
 # Seed stride between EOT draws: per-sample seeds are ``base + i`` for image i, so draws never share seeds
 # for batches below this size.
@@ -69,7 +70,7 @@ def bpda_eot(
     """
     check_attack_args(x, y, eps, steps)
     if eot < 1:
-        raise ValueError(f"eot must be >= 1, got {eot}")
+        raise InputError(f"eot must be >= 1, got {eot}")
     alpha = 2.5 * eps / steps if step_size is None else step_size
     x = x.detach()
     x_adv = random_start(x, eps, seed)

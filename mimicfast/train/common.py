@@ -69,5 +69,6 @@ def export_safetensors(module_state: dict[str, torch.Tensor], path: str | os.Pat
             v = v.to(dtype)
         tensors[k] = v.contiguous()
     save_file(tensors, str(path))
+    path.chmod(0o644)  # package data: readable by everyone (safetensors writes 0600)
     if config is not None:
         path.with_suffix(".json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -144,3 +144,23 @@ def train_ddpm(cfg: DDPMConfig, run_dir: str | Path, export: str | Path | None =
     if export is not None and max(start, stop) == cfg.steps:
         export_safetensors(ema.state_dict(), export, config={"family": "guided_diffusion", **arch})
     return result
+
+
+@torch.no_grad()
+def sample_unconditional(model: torch.nn.Module, n: int, steps: int = 100, seed: int = 0,
+                         progress: bool = False) -> torch.Tensor:
+    """``n`` unguided DDPM samples (ancestral, ``steps`` respaced steps, x0_hat clipped): ``[n, C, H, W]`` in [0, 1].
+
+    Sample i draws all its noise from seed ``seed + i`` (:class:`mimicfast.sampling.noise.PerSampleNoise`).
+    """
+    from mimicfast.sampling.ancestral import sample
+    from mimicfast.sampling.denoisers import as_denoiser
+    from mimicfast.sampling.noise import PerSampleNoise
+    from mimicfast.sampling.schedules import sigma_grid, space_timesteps
+
+    shape = (model.in_channels, model.image_size, model.image_size)
+    sigmas = sigma_grid(space_timesteps(steps, "uniform"))
+    noise = PerSampleNoise([seed + i for i in range(n)], shape)
+    x = noise() * float((1 + sigmas[0] ** 2).sqrt())  # x_T ~ N(0, I), in sigma space
+    out = sample(as_denoiser(model), x, sigmas, noise=noise, clip_denoised=True, progress=progress)
+    return ((out + 1) / 2).clamp(0, 1)
