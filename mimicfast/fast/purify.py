@@ -88,8 +88,17 @@ class FastPurifier:
         self._cache[key] = (loop, graphed)
         return loop, graphed
 
+    def prepare(self, y: torch.Tensor, seeds: Sequence[int]) -> None:
+        """Build (and on CUDA capture) the state for ``y``'s shape now, so that the next call only runs."""
+        self._state(y, self._check(y, seeds))
+
     def __call__(self, y: torch.Tensor, seeds: Sequence[int], *, progress: bool = False) -> torch.Tensor:
         """Purify one batch: ``y`` [B, C, H, W] in [-1, 1] (fp32 or fp64) -> x_0 [B, C, H, W], a new tensor."""
+        loop, graphed = self._state(y, self._check(y, seeds))
+        out = graphed.run(progress) if graphed is not None else loop.run_eager(progress)
+        return out.clone()
+
+    def _check(self, y: torch.Tensor, seeds: Sequence[int]) -> list[int]:
         if not isinstance(y, torch.Tensor) or y.dim() != 4 or not y.is_floating_point():
             raise InputError(f"y must be a floating [B, C, H, W] tensor, got {getattr(y, 'shape', type(y).__name__)}")
         if y.dtype not in (torch.float32, torch.float64):
@@ -99,9 +108,7 @@ class FastPurifier:
         seeds = [int(s) for s in seeds]
         if len(seeds) != y.shape[0]:
             raise InputError(f"got {len(seeds)} seeds for a batch of {y.shape[0]}")
-        loop, graphed = self._state(y, seeds)
-        out = graphed.run(progress) if graphed is not None else loop.run_eager(progress)
-        return out.clone()
+        return seeds
 
     def clear(self) -> None:
         """Drop every cached state and graph (their memory returns to the allocator)."""
