@@ -200,7 +200,7 @@ def _report(row: dict) -> None:
 @pytest.mark.parametrize(("config", "batch"), GPU_CASES, ids=[f"{c}-b{b}" for c, b in GPU_CASES])
 def test_purify_gpu(benchmark, matmul_peak: float, config: str, batch: int, variant: str) -> None:
     cfg, var = CONFIGS[config], VARIANTS[variant]
-    denoiser = as_denoiser(_model(config))
+    denoiser = as_denoiser(_model(config)).to("cuda")
     preset = get_preset("paper").replace(steps=cfg["steps"])
     guided = sum(window_mask(preset.steps, preset.window))
     gen = torch.Generator(device="cuda").manual_seed(batch)

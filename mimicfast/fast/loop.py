@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from mimicfast.errors import InputError
 from mimicfast.presets import Preset
 from mimicfast.sampling.ancestral import StepCoefficients, denoise
 from mimicfast.sampling.denoisers import Denoiser
@@ -65,6 +66,12 @@ class FastLoop:
         self.preset = preset
         self.shape = tuple(shape)
         self.device = torch.device(device)
+        for t in (*denoiser.parameters(), *denoiser.buffers()):
+            if t.device.type != self.device.type:
+                raise InputError(
+                    f"the denoiser has tensors on {t.device} but the batch is on {self.device}: "
+                    f"move it with denoiser.to({str(self.device)!r})"
+                )
         self.dtype = dtype
         sigmas = sigma_grid(space_timesteps(preset.steps, preset.spacing))
         self.steps = len(sigmas) - 1

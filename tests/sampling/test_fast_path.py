@@ -207,6 +207,8 @@ def test_bad_arguments_raise_input_error() -> None:
         purify_batch_fast(denoiser, y.half(), preset, [0, 1], graphs=False)
     with pytest.raises(InputError, match="autocast"):
         resolve_autocast("int8")
+    with pytest.raises(InputError, match="denoiser has tensors on cpu"):
+        FastLoop(denoiser, preset, (1, 3, 8, 8), device="meta")
     with pytest.raises(InputError, match="chunk"):
         FastPurifier(denoiser, preset, chunk=0)
     assert resolve_autocast("fp32") is None and resolve_autocast(torch.float16) is torch.float16
@@ -242,8 +244,10 @@ def test_importing_fast_does_not_initialise_cuda() -> None:
 # ---------------------------------------------------------------------------------------------- GPU
 
 
-def _cuda_gd_small(parity_dir, dtype=torch.float32):
-    return load_guided_diffusion(parity_dir / "gd_unet_small_state_dict.pt", "gd-small-test", device="cuda").to(dtype)
+def _cuda_gd_small(parity_dir):
+    """The parity UNet as a denoiser on the GPU (the adapter's schedule buffer moves with it)."""
+    net = load_guided_diffusion(parity_dir / "gd_unet_small_state_dict.pt", "gd-small-test", device="cuda")
+    return as_denoiser(net).to("cuda")
 
 
 @pytest.mark.gpu
@@ -278,7 +282,7 @@ def test_graph_replay_draws_the_eager_noise_exactly() -> None:
 @pytest.mark.parametrize("name", ["paper", "released"])
 def test_graph_replay_equals_eager_fast_path_fp32(parity_dir, name: str, chunk: int) -> None:
     preset = get_preset(name).replace(steps=20, **({"scale": 1e-4} if name == "paper" else {}))
-    denoiser = as_denoiser(_cuda_gd_small(parity_dir))
+    denoiser = _cuda_gd_small(parity_dir)
     y, seeds = _y(3, torch.float32, size=32).cuda(), [1, 2, 3]
     eager = purify_batch_fast(denoiser, y, preset, seeds, graphs=False)
     purifier = FastPurifier(denoiser, preset, graphs=True, chunk=chunk)
@@ -291,7 +295,7 @@ def test_graph_replay_equals_eager_fast_path_fp32(parity_dir, name: str, chunk: 
 
 @pytest.mark.gpu
 def test_no_host_sync_inside_the_loop(parity_dir) -> None:
-    denoiser = as_denoiser(_cuda_gd_small(parity_dir))
+    denoiser = _cuda_gd_small(parity_dir)
     loop = FastLoop(denoiser, get_preset("paper").replace(steps=10, scale=1e-4), (2, 3, 32, 32), device="cuda")
     loop.reset(_y(2, torch.float32, size=32).cuda(), [0, 1])
     loop.step(True)  # first calls compile/load kernels
@@ -311,8 +315,7 @@ def test_graphed_fast_path_error_vs_reference_is_at_most_twice_eager(parity_dir,
     from mimicfast.reference.algorithm1 import mimic_diffusion_reference
 
     preset = get_preset(name).replace(steps=20, **({"scale": 1e-4} if name == "paper" else {}))
-    net = _cuda_gd_small(parity_dir)
-    denoiser = as_denoiser(net)
+    denoiser = _cuda_gd_small(parity_dir)
     y, seeds = _y(2, torch.float32, size=32).cuda(), [1, 2]
     cuda_noise = PerSampleNoise(seeds, y.shape[1:], device="cuda")  # the same fp32 Philox draws for all three
     net64 = load_guided_diffusion(parity_dir / "gd_unet_small_state_dict.pt", "gd-small-test").double()
@@ -330,7 +333,7 @@ def test_graphed_fast_path_error_vs_reference_is_at_most_twice_eager(parity_dir,
 @pytest.mark.parametrize("autocast", ["bf16", "fp16"])
 def test_low_precision_graphed_path_is_sane(parity_dir, autocast: str) -> None:
     preset = get_preset("paper").replace(steps=20, scale=1e-4)
-    denoiser = as_denoiser(_cuda_gd_small(parity_dir))
+    denoiser = _cuda_gd_small(parity_dir)
     y, seeds = _y(4, torch.float32, size=32).cuda(), [1, 2, 3, 4]
     fp32 = purify_batch_fast(denoiser, y, preset, seeds)
     low = purify_batch_fast(denoiser, y, preset, seeds, autocast=autocast, channels_last=True)
@@ -343,7 +346,7 @@ def test_low_precision_graphed_path_is_sane(parity_dir, autocast: str) -> None:
 def test_auto_batch_size_fits_free_memory(parity_dir) -> None:
     from mimicfast.fast.memory import free_memory
 
-    denoiser = as_denoiser(_cuda_gd_small(parity_dir))
+    denoiser = _cuda_gd_small(parity_dir)
     preset = get_preset("paper")
     fp = measure_footprint(denoiser, preset, (3, 32, 32), device="cuda")
     assert fp.per_image_bytes > 3 * 32 * 32 * 4
@@ -371,7 +374,7 @@ def test_bf16_accuracy_of_the_bundled_model_within_noise_of_fp32() -> None:
     x, labels = load_test_slice(n)
     x, labels = x.cuda(), labels.cuda()
     x_adv = pgd_linf(classifier, x, labels, eps=0.1, steps=20)
-    denoiser = as_denoiser(model)
+    denoiser = as_denoiser(model).to("cuda")
     preset = get_preset("paper").replace(steps=100)
     seeds = list(range(n))
 
