@@ -16,10 +16,11 @@ from mimicfast.train.classifier import ClassifierConfig, train_classifier
 
 def _add_config_args(parser: argparse.ArgumentParser, config_cls) -> None:
     for f in fields(config_cls):
-        default = f.default
-        kind = type(default)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default,
-                            help=f"(default: {default})")
+        flag, default = f"--{f.name.replace('_', '-')}", f.default
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=f"(default: {default})")
 
 
 def _config_from_args(config_cls, args: argparse.Namespace):

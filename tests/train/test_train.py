@@ -87,3 +87,19 @@ def test_idx_reader_roundtrip_and_errors(tmp_path):
     (tmp_path / "bad.idx").write_bytes(bytes([1, 2, 3, 4, 5]))
     with pytest.raises(InputError, match="not a uint8 idx"):
         read_idx(tmp_path / "bad.idx")
+
+
+def test_train_cli_on_fashion_mnist(tmp_path, capsys):
+    from mimicfast.cli import main
+    from mimicfast.train.data import DEFAULT_DIR
+
+    if not (DEFAULT_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST (Debian package dataset-fashion-mnist) is not installed")
+    argv = ["train", "classifier", "--steps", "2", "--batch-size", "8", "--width", "8",
+            "--run-dir", str(tmp_path / "run"), "--export", str(tmp_path / "c.safetensors"), "--threads", "1"]
+    assert main([*argv, "--until", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 1
+    assert main(argv) == 0  # resumes at step 1, finishes, scores the 10,000 test images and exports
+    out = json.loads(capsys.readouterr().out)
+    assert out["step"] == 2 and 0.0 <= out["test_accuracy"] <= 1.0
+    assert (tmp_path / "c.safetensors").is_file()
