@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mimicfast.api import purify_batch
 from mimicfast.errors import InputError
@@ -137,6 +138,37 @@ def test_loop_index_and_last_step_mask() -> None:
     assert int(loop.idx) == loop.steps == 20
     assert loop.noise_on[:-1].all() and not loop.noise_on[-1]
     assert loop.kinds == [10 <= i <= 16 for i in range(20)]  # paper window: 0.2 T <= T - i <= 0.5 T
+
+
+class _NoHostSync(TorchDispatchMode):
+    """Fails on every op that moves a tensor value to the host (``.item()``, ``bool(t)``, ``float(t)``) or
+    whose output shape depends on tensor values: on CUDA each is a device sync and breaks graph capture."""
+
+    BANNED = ("aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::unique", "aten::equal")
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name in self.BANNED:
+            raise AssertionError(f"host sync inside the loop: {func._schema.name}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("case", ["paper", "released-vjp", "paper-nowindow-noclip"])
+def test_loop_steps_never_read_tensor_values_on_the_host(case: str) -> None:
+    """The CPU stand-in for "no host sync in the loop" (the GPU test uses torch.cuda.set_sync_debug_mode)."""
+    loop = FastLoop(as_denoiser(TinyEpsNet(learn_sigma=True)), _preset(case, 10), (2, 3, 8, 8), device="cpu")
+    loop.reset(_y(2, torch.float32), [0, 1])
+    with _NoHostSync():
+        loop.run_eager()
+    with pytest.raises(AssertionError, match="host sync"), _NoHostSync():
+        loop.x.sum().item()  # the detector detects
+
+
+def test_gd_unet_steps_never_read_tensor_values_on_the_host(gd_small) -> None:
+    loop = FastLoop(as_denoiser(gd_small), get_preset("paper").replace(steps=3), (1, 3, 32, 32), device="cpu")
+    loop.reset(_y(1, torch.float32, size=32), [0])
+    with _NoHostSync():
+        loop.step(False)
+        loop.step(True)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
