@@ -83,7 +83,14 @@ class FastPurifier:
         loop.reset(y, seeds)
         graphed = None
         if self._use_graphs(y.device):
-            graphed = GraphedLoop(loop, chunk=self.chunk)
+            try:
+                graphed = GraphedLoop(loop, chunk=self.chunk)
+            except RuntimeError as exc:
+                raise RuntimeError(
+                    f"capturing the purification step in a CUDA graph failed: {exc}. The denoiser probably reads "
+                    "a tensor value on the host (.item(), bool(t), data-dependent shapes) or runs an op that CUDA "
+                    "graphs cannot capture; run it with graphs=False"
+                ) from exc
             loop.reset(y, seeds)  # warm-up advanced x, idx and the generators
         self._cache[key] = (loop, graphed)
         return loop, graphed
