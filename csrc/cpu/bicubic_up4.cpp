@@ -44,7 +44,7 @@ void run_up(const Up4Args& a) {
       for (int q = 0; q < kUp * W; ++q) dst[q] = static_cast<In>(sc.row[q]);
     }
   };
-  cpu::for_each_plane(a.B * a.C, [&] { return UpScratch<Acc>(W); }, body);
+  cpu::for_each_plane(a.B * a.C, a.H * a.W, [&] { return UpScratch<Acc>(W); }, body);
 }
 
 template <typename Acc>
@@ -87,7 +87,7 @@ void run_adjoint(const Up4Args& a) {
       for (int64_t q = 0; q < int64_t{H} * W; ++q) op[q] = static_cast<In>(acc[q]);
     }
   };
-  cpu::for_each_plane(a.B * a.C, [&] { return AdjScratch<Acc>(H, W, kOwnAcc); }, body);
+  cpu::for_each_plane(a.B * a.C, a.H * a.W, [&] { return AdjScratch<Acc>(H, W, kOwnAcc); }, body);
 }
 
 }  // namespace

@@ -73,7 +73,7 @@ void run(const L1ResidualArgs& a) {
       }
     }
   };
-  cpu::for_each_plane(a.B * a.C, [&] { return Scratch<Acc>(W); }, body);
+  cpu::for_each_plane(a.B * a.C, a.H * a.W, [&] { return Scratch<Acc>(W); }, body);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -137,12 +138,15 @@ class RowRing {
   std::vector<int> tag_;
 };
 
-// Runs body(plane, scratch) for every plane b * C + c in parallel (OpenMP, torch's thread count); each
-// thread builds its scratch once with make_scratch().
+// Runs body(plane, scratch) for every plane b * C + c in parallel (OpenMP, at most torch's thread count);
+// each thread builds its scratch once with make_scratch(). Small calls stay on one thread: waking a team
+// costs more than it saves below about kGrainPixels low-res pixels per thread.
 template <typename MakeScratch, typename Body>
-void for_each_plane(int64_t planes, MakeScratch&& make_scratch, Body&& body) {
-  const int threads = static_cast<int>(std::min<int64_t>(at::get_num_threads(), planes));
-#pragma omp parallel num_threads(threads > 0 ? threads : 1)
+void for_each_plane(int64_t planes, int64_t plane_pixels, MakeScratch&& make_scratch, Body&& body) {
+  constexpr int64_t kGrainPixels = 16384;
+  const int64_t by_work = std::max<int64_t>(1, planes * plane_pixels / kGrainPixels);
+  const int threads = static_cast<int>(std::min<int64_t>({int64_t{at::get_num_threads()}, planes, by_work}));
+#pragma omp parallel num_threads(threads) if (threads > 1)
   {
     auto scratch = make_scratch();
 #pragma omp for schedule(static)

@@ -24,3 +24,21 @@ def backend(request, monkeypatch) -> tuple[str, torch.device]:
         pytest.skip(f"backend {name}: {reason}")
     monkeypatch.setenv(_dispatch.ENV, name)
     return name, device
+
+
+@pytest.fixture
+def full_backend(backend) -> tuple[str, torch.device]:
+    """``backend`` for the whole test matrix: the Triton interpreter (seconds per call on the CPU) takes only
+    the core cases; the Triton kernels' own numerics are covered by tests/ops/test_*_triton.py."""
+    name, device = backend
+    if name == "triton" and device.type == "cpu":
+        pytest.skip("Triton interpreter: core cases only (this one runs on a GPU)")
+    return backend
+
+
+@pytest.fixture
+def shapes_for(backend):
+    """shapes_for(shapes): the test shapes, or one small odd-sized one under the (slow) Triton interpreter."""
+    name, device = backend
+    interpreted = name == "triton" and device.type == "cpu"
+    return lambda shapes: [(2, 1, 5, 7)] if interpreted else shapes

@@ -18,17 +18,13 @@ def _randn(shape, dtype, device, seed=0):
     return torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
-def _shapes_for(name: str):
-    return SHAPES if name != "triton" else SHAPES[1:4]  # the Triton interpreter is slow on the CPU
-
-
 def _up4_shape(shape):
     return (*shape[:2], 4 * shape[2], 4 * shape[3])
 
 
-def test_float64_matches_reference(backend):
+def test_float64_matches_reference(backend, shapes_for):
     name, device = backend
-    for shape in _shapes_for(name):
+    for shape in shapes_for(SHAPES):
         x = _randn(shape, torch.float64, device)
         g = _randn(_up4_shape(shape), torch.float64, device, seed=1)
         torch.testing.assert_close(bicubic_up4(x), bicubic_up4_reference(x), rtol=1e-13, atol=1e-13)
@@ -38,10 +34,10 @@ def test_float64_matches_reference(backend):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_error_at_most_twice_pytorch(backend, dtype):
+def test_error_at_most_twice_pytorch(full_backend, dtype):
     """DESIGN.md §4: error against the float64 reference <= ~2x that of plain PyTorch in the same dtype."""
-    name, device = backend
-    shape = _shapes_for(name)[1]
+    name, device = full_backend
+    shape = SHAPES[1]
     x = _randn(shape, torch.float64, device, seed=2)
     g = _randn(_up4_shape(shape), torch.float64, device, seed=3)
     for fast, ref, inp in ((bicubic_up4, bicubic_up4_reference, x), (bicubic_up4_adjoint, bicubic_up4_adjoint_reference, g)):
@@ -53,10 +49,10 @@ def test_error_at_most_twice_pytorch(backend, dtype):
         assert err <= 2 * err_torch + 1e-6, (fast.__name__, err, err_torch)
 
 
-def test_adjoint_identity_float64(backend):
+def test_adjoint_identity_float64(backend, shapes_for):
     """<H x, g> = <x, H^T g>."""
     name, device = backend
-    for shape in _shapes_for(name):
+    for shape in shapes_for(SHAPES):
         x = _randn(shape, torch.float64, device, seed=4)
         g = _randn(_up4_shape(shape), torch.float64, device, seed=5)
         lhs = torch.sum(bicubic_up4(x) * g)
@@ -64,8 +60,8 @@ def test_adjoint_identity_float64(backend):
         torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-12)
 
 
-def test_channels_last(backend):
-    name, device = backend
+def test_channels_last(full_backend):
+    name, device = full_backend
     x = _randn((2, 3, 5, 7), torch.float32, device, seed=6)
     g = _randn((2, 3, 20, 28), torch.float32, device, seed=7)
     cl = torch.channels_last
@@ -75,8 +71,8 @@ def test_channels_last(backend):
     torch.testing.assert_close(adj, bicubic_up4_adjoint_reference(g), rtol=1e-5, atol=1e-5)
 
 
-def test_autograd_gradcheck(backend):
-    name, device = backend
+def test_autograd_gradcheck(full_backend):
+    name, device = full_backend
     x = _randn((1, 2, 3, 4), torch.float64, device, seed=8).requires_grad_(True)
     g = _randn((1, 2, 8, 4), torch.float64, device, seed=9).requires_grad_(True)
     assert torch.autograd.gradcheck(bicubic_up4, (x,))
@@ -84,8 +80,8 @@ def test_autograd_gradcheck(backend):
     assert torch.autograd.gradgradcheck(bicubic_up4, (x,))
 
 
-def test_backward_is_pytorch_gradient(backend):
-    name, device = backend
+def test_backward_is_pytorch_gradient(full_backend):
+    name, device = full_backend
     x = _randn((2, 3, 6, 5), torch.float64, device, seed=10).requires_grad_(True)
     g = _randn((2, 3, 24, 20), torch.float64, device, seed=11)
     (ours,) = torch.autograd.grad(bicubic_up4(x), x, g)
@@ -93,8 +89,8 @@ def test_backward_is_pytorch_gradient(backend):
     torch.testing.assert_close(ours, theirs, rtol=1e-13, atol=1e-12)
 
 
-def test_opcheck(backend):
-    name, device = backend
+def test_opcheck(full_backend):
+    name, device = full_backend
     x = _randn((2, 2, 3, 5), torch.float32, device, seed=12).requires_grad_(True)
     g = _randn((2, 2, 12, 20), torch.float32, device, seed=13).requires_grad_(True)
     torch.library.opcheck(torch.ops.mimicfast.bicubic_up4.default, (x,))
