@@ -67,11 +67,14 @@ class CMakeExtension(Extension):
 class CMakeBuild(build_ext):
     """Configures and builds CMakeLists.txt with ninja; on any failure warns and installs without it."""
 
-    def build_extension(self, ext: Extension) -> None:
-        try:
-            self._build(ext)
-        except (ImportError, OSError, RuntimeError, subprocess.CalledProcessError) as exc:
-            _warn(f"the compiled extension {ext.name} was not built ({exc}); installing the pure-Python package.")
+    def build_extensions(self) -> None:
+        for ext in list(self.extensions):
+            try:
+                self._build(ext)
+            except (ImportError, OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+                _warn(f"the compiled extension {ext.name} was not built ({exc}); installing the pure-Python package.")
+                # Later steps (copy to the source tree for -e, the wheel's file list) must not expect it.
+                self.extensions.remove(ext)
 
     def _build(self, ext: Extension) -> None:
         import pybind11
