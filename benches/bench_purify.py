@@ -42,7 +42,7 @@ import pytest
 import torch
 
 from mimicfast.api import purify_batch
-from mimicfast.fast import FastPurifier
+from mimicfast.fast import FastPurifier, auto_batch_size
 from mimicfast.presets import get_preset
 from mimicfast.sampling import as_denoiser, window_mask
 from tests.conftest import PARITY
@@ -215,7 +215,15 @@ def test_purify_gpu(benchmark, matmul_peak: float, config: str, batch: int, vari
     )  # fmt: skip
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    _, setup_s = _synced(lambda: purifier.prepare(y, seeds))
+    try:
+        _, setup_s = _synced(lambda: purifier.prepare(y, seeds))
+    except torch.cuda.OutOfMemoryError:
+        purifier.clear()
+        torch.cuda.empty_cache()
+        fits = auto_batch_size(denoiser, preset, cfg["shape"], device="cuda", autocast=var.autocast,
+                               channels_last=var.channels_last)  # fmt: skip
+        _report(dict(config=config, variant=variant, batch=batch, result="out of memory", auto_batch_size=fits))
+        pytest.skip(f"out of memory at batch {batch}; auto_batch_size says {fits} fit")
     timings: list[float] = []
 
     def run():
