@@ -122,11 +122,6 @@ def select(device: torch.device) -> str:
     return forced
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Arithmetic and residual dtype: float64 for float64 data, float32 otherwise (fp16 / bf16 / fp32)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def memory_format(t: torch.Tensor) -> torch.memory_format:
     """Layout of an op's output: channels_last when ``t`` is laid out that way (and not also contiguous)."""
     if not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
