@@ -99,6 +99,19 @@ def test_fast_eager_equals_purify_batch_gd_unet(gd_small) -> None:
     assert torch.equal(got, expected), f"max |diff| {(got - expected).abs().max():.3e}"
 
 
+@pytest.mark.parametrize("case", ["paper", "released-vjp"])
+def test_fast_eager_equals_algorithm1_float64(case: str) -> None:
+    """Against the spec directly (DESIGN.md §4: same seed, float64, ~1e-6), not only through purify_batch."""
+    from mimicfast.reference.algorithm1 import mimic_diffusion_reference
+
+    net = TinyEpsNet(learn_sigma=True).double()
+    preset, y, seeds = _preset(case, steps=10), _y(2), [5, 6]
+    ref = mimic_diffusion_reference(net, y, preset, PerSampleNoise(seeds, y.shape[1:], dtype=torch.float64),
+                                    learned_variance=True)  # fmt: skip
+    got = purify_batch_fast(as_denoiser(net), y, preset, seeds, graphs=False)
+    assert (got - ref).abs().max() <= 1e-6 * ref.abs().max()
+
+
 def test_fast_path_is_batch_independent() -> None:
     denoiser = as_denoiser(TinyEpsNet(learn_sigma=True).double())
     preset, y = _preset("paper"), _y(3)
