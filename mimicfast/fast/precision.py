@@ -70,7 +70,8 @@ class PrecisionDenoiser(Denoiser):
             (e.g. ``"eager"`` to check the tracing without code generation).
 
     ``forward(x, sigma)`` / ``denoise_with_variance(x, sigma)`` return tensors in ``x.dtype`` (the adapters
-    already cast the network output back), so the sampler's state never leaves the working dtype.
+    already cast the network output back), so the sampler's state never leaves the working dtype. The cast
+    weights are made on ``inner``'s device at construction: move ``inner`` first, then wrap it.
     """
 
     def __init__(
