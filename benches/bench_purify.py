@@ -19,9 +19,10 @@ with every step unguided and ``s`` with every step guided (``MIMICFAST_BENCH_EAG
 the full loop's time is ``unguided * t_unguided + guided * t_guided`` (``eager_method`` says which);
 ``MIMICFAST_BENCH_FULL_EAGER=1`` runs the whole eager loop instead.
 
-The CPU bench runs anywhere in well under a minute: the bundled Fashion-MNIST UNet (or, without it, the
-guided-diffusion parity fixture) for 10 paper steps, eager vs the fast path without graphs. On the CPU the
-fast path is the same arithmetic with no graphs, so its ratio is about 1x by design.
+The CPU bench runs anywhere: the bundled Fashion-MNIST UNet (or, without it, the guided-diffusion parity
+fixture) for 10 paper steps at batch 2, eager vs the fast path without graphs, 3 interleaved rounds (about 0.8 s
+per run on one idle core; 85 s for the whole bench on the shared, loaded 2-core build machine). On the CPU the
+fast path is the same arithmetic with no graphs (outputs asserted bit-identical), so its ratio is about 1x.
 
 Run: ``pytest benches/bench_purify.py -s`` (``-s`` shows the table lines). Environment:
 ``MIMICFAST_BENCH_VARIANTS`` (comma list of bf16, bf16-nhwc, fp16, fp32, bf16-chunk8, bf16-compile; default
