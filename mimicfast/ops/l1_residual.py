@@ -17,7 +17,7 @@ import torch
 
 from mimicfast.errors import InputError
 from mimicfast.ops import _dispatch
-from mimicfast.reference.ops import _compute_dtype, l1_residual_reference
+from mimicfast.reference.ops import l1_residual_reference
 
 # Upsample mode as the op schema spells it (a str; None is "none") -> the code of csrc/common/launch.h.
 _MODES = {"none": 0, "bicubic": 1, "nearest": 2}
@@ -52,7 +52,7 @@ def _l1_residual_op(
 
 @_l1_residual_op.register_fake
 def _(x0_hat, y, upsample, weight, long_weight, short_weight):
-    return _dispatch.empty_like_layout(x0_hat.shape, x0_hat, _compute_dtype(x0_hat.dtype))
+    return _dispatch.empty_like_layout(x0_hat.shape, x0_hat, _dispatch.compute_dtype(x0_hat.dtype))
 
 
 def _setup_context(ctx, inputs, output):
@@ -117,7 +117,7 @@ def l1_residual(
         if not weight.is_floating_point() or weight.device != x0_hat.device:
             raise InputError(f"weight must be a floating tensor on {x0_hat.device}, got {weight.dtype} on {weight.device}")
     if x0_hat.dtype != y.dtype:
-        dtype = _compute_dtype(x0_hat.dtype)
+        dtype = _dispatch.compute_dtype(x0_hat.dtype)
         x0_hat, y = x0_hat.to(dtype), y.to(dtype)
     return _l1_residual_op(
         x0_hat, y, "none" if upsample is None else upsample, weight, float(long_weight), float(short_weight)
