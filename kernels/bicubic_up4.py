@@ -86,14 +86,14 @@ def phase_taps(CDT: tl.constexpr):
 
 @triton.jit
 def add_highres_row(acc, v, taps, ip, k: tl.constexpr, rows, wxt, H):
-    """``acc[i, j] += H[p, i] * sum_c H[4 j - 6 + c, j] * v[j, c]`` for the high-res row ``p = 4 ip + k``.
+    """``acc[i, j] += H[p, i] * sum_c H[4 j - 6 + c, j] * v[c, j]`` for the high-res row ``p = 4 ip + k``.
 
-    ``v`` [BW, 16] holds the values of row p on the column window of each output column j, ``wxt`` [BW, 16]
+    ``v`` [16, BW] holds the values of row p on the column window of each output column j, ``wxt`` [16, BW]
     the x-adjoint weights of those windows, ``taps = phase_taps(CDT)[k]``; ``acc`` is [BH, BW] over the
     low-res ``rows`` (H of them in the image).
     """
     first, a0, a1, a2, a3 = taps
-    u = tl.sum(v * wxt, axis=1)
+    u = tl.sum(v * wxt, axis=0)
     p = 4 * ip + k
     wy = adjoint_weight_from_taps(ip + first, a0, a1, a2, a3, (p >= 0) & (p < 4 * H), rows, H)
     return acc + wy[:, None] * u[None, :]
@@ -138,7 +138,7 @@ def _bicubic_up4_adjoint_kernel(
     CDT: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
 ):  # fmt: skip
     # One program: a [BH, BW] tile of low-res outputs; H, W are the low-res sizes. It walks the low-res rows
-    # i' whose high-res rows 4 i' + k touch the tile; each high-res row is read as [BW, 16] (the column window
+    # i' whose high-res rows 4 i' + k touch the tile; each high-res row is read as [16, BW] (the column window
     # of every output column), reduced along x and accumulated into the output rows it touches.
     pid_bc = tl.program_id(0)
     b = pid_bc // C
@@ -146,8 +146,8 @@ def _bicubic_up4_adjoint_kernel(
     i0 = tl.program_id(1) * BH
     rows = i0 + tl.arange(0, BH)
     cols = tl.program_id(2) * BW + tl.arange(0, BW)
-    hq = 4 * cols[:, None] + WINDOW_START + tl.arange(0, WINDOW)[None, :]
-    wxt = adjoint_weight(hq, cols[:, None], W, CDT)
+    hq = 4 * cols[None, :] + WINDOW_START + tl.arange(0, WINDOW)[:, None]
+    wxt = adjoint_weight(hq, cols[None, :], W, CDT)
     q_in = (hq >= 0) & (hq < 4 * W)
     taps = phase_taps(CDT)
     g_base = g_ptr + b.to(tl.int64) * sgb + ch.to(tl.int64) * sgc
@@ -224,8 +224,10 @@ def bicubic_up4_adjoint_triton(g: torch.Tensor) -> torch.Tensor:
     out = _dispatch.empty_like_layout((bsz, ch, h, w), g, g.dtype)
     if out.numel() == 0:
         return out
-    bh, bw = block(h, 16, 16), block(w, 32, 128)
+    # One output column per lane (BW = 32 x warps): the column windows are reduced inside each thread.
+    bh, bw = block(h, 8, 16), block(w, 128, 128)
     _bicubic_up4_adjoint_kernel[grid(bsz * ch, h, w, bh, bw)](
-        g, out, ch, h, w, *g.stride(), *out.stride(), CDT=compute_dtype(g.dtype), BH=bh, BW=bw
-    )
+        g, out, ch, h, w, *g.stride(), *out.stride(), CDT=compute_dtype(g.dtype), BH=bh, BW=bw,
+        num_warps=max(1, bw // 32),
+    )  # fmt: skip
     return out
