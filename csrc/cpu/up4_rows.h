@@ -61,7 +61,7 @@ inline void load_row_padded(const In* a, int64_t sa, const In* b, int64_t sb, in
 // Horizontal x4 upsampling of one padded row (length n + 4, from load_row_padded) into out (length 4n).
 // Output 4k + p reads padded taps k .. k + 3 (p = 0, 1) or k + 1 .. k + 4 (p = 2, 3).
 template <typename Acc>
-inline void up4_row(const Up4Weights<Acc>& wt, const Acc* src, int n, Acc* out) {
+inline void up4_row(const Up4Weights<Acc>& wt, const Acc* __restrict__ src, int n, Acc* __restrict__ out) {
   for (int k = 0; k < n; ++k) {
     const Acc* s = src + k;
     for (int p = 0; p < kUp; ++p) {
@@ -74,20 +74,21 @@ inline void up4_row(const Up4Weights<Acc>& wt, const Acc* src, int n, Acc* out) 
 // Vertical x4 step: high-res row o of the plane, from the horizontally upsampled low-res rows
 // (row(i) returns the row of length len for low-res row i), out = sum_j w[o & 3][j] row(clamp(first + j)).
 template <typename Acc, typename RowFn>
-inline void up4_column_step(const Up4Weights<Acc>& wt, int o, int n_rows, int64_t len, RowFn&& row, Acc* out) {
+inline void up4_column_step(const Up4Weights<Acc>& wt, int o, int n_rows, int64_t len, RowFn&& row,
+                            Acc* __restrict__ out) {
   const int first = up4_first_tap(o);
   const Acc* w = wt.w[o & 3];
-  const Acc* r0 = row(clamp_index(first, n_rows));
-  const Acc* r1 = row(clamp_index(first + 1, n_rows));
-  const Acc* r2 = row(clamp_index(first + 2, n_rows));
-  const Acc* r3 = row(clamp_index(first + 3, n_rows));
+  const Acc* __restrict__ r0 = row(clamp_index(first, n_rows));
+  const Acc* __restrict__ r1 = row(clamp_index(first + 1, n_rows));
+  const Acc* __restrict__ r2 = row(clamp_index(first + 2, n_rows));
+  const Acc* __restrict__ r3 = row(clamp_index(first + 3, n_rows));
   for (int64_t q = 0; q < len; ++q) out[q] = w[0] * r0[q] + w[1] * r1[q] + w[2] * r2[q] + w[3] * r3[q];
 }
 
 // Horizontal adjoint of one high-res row: out[j] = sum_m table[j][m] s[4j + m], where s is the row
 // shifted by kAdjOffset (s[6 + o] holds column o; the 6 leading and 10 trailing entries are zero).
 template <typename Acc>
-inline void up4_adjoint_row(const Acc* table, const Acc* s, int n, Acc* out) {
+inline void up4_adjoint_row(const Acc* __restrict__ table, const Acc* __restrict__ s, int n, Acc* __restrict__ out) {
   for (int j = 0; j < n; ++j) {
     const Acc* w = table + static_cast<int64_t>(j) * kAdjWindow;
     const Acc* v = s + kUp * j;
@@ -106,7 +107,7 @@ inline void up4_adjoint_column_step(const Acc* table, int n_rows, int o, const A
   for (int i = i_lo; i <= i_hi; ++i) {
     const Acc w = table[static_cast<int64_t>(i) * kAdjWindow + (o - (kUp * i - kAdjOffset))];
     if (w == Acc(0)) continue;
-    Acc* dst = acc + static_cast<int64_t>(i) * n;
+    Acc* __restrict__ dst = acc + static_cast<int64_t>(i) * n;
     for (int j = 0; j < n; ++j) dst[j] += w * t[j];
   }
 }
