@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from mimicfast.errors import InputError
-from mimicfast.reference.ops import _compute_dtype
+from mimicfast.reference.ops import compute_dtype  # noqa: F401 -- re-exported for the launchers
 
 BACKENDS = ("triton", "cuda", "cpp", "reference")
 ENV = "MIMICFAST_BACKEND"
@@ -27,9 +27,6 @@ ENV = "MIMICFAST_BACKEND"
 # C++ kernels are measured faster on a GPU (benches/README.md).
 _AUTO = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")}
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-# Arithmetic and residual dtype of the ops, the spec's rule: float64 stays float64, everything else float32.
-compute_dtype = _compute_dtype
 
 
 @functools.cache

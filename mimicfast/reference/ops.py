@@ -21,7 +21,7 @@ Upsample = Literal["bicubic", "nearest"] | None
 SCALE = 4
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """fp16 / bf16 inputs are computed (and returned) in fp32; fp32 and fp64 stay as they are."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -88,7 +88,7 @@ def l1_residual_reference(
     """
     if x0_hat.shape != y.shape:
         raise ValueError(f"x0_hat {tuple(x0_hat.shape)} and y {tuple(y.shape)} differ in shape")
-    dtype = _compute_dtype(x0_hat.dtype)
+    dtype = compute_dtype(x0_hat.dtype)
     d = x0_hat.to(dtype) - y.to(dtype)
     r = long_weight * torch.sign(d)
     if upsample is not None:
