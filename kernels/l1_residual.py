@@ -9,8 +9,9 @@ low-res outputs and walks the low-res rows ``i'`` that its window touches (BH + 
 interpolates d horizontally at the 16 high-res columns ``4 j - 6 + c`` of every output column j (a [16, BW]
 tile; clamped column loads realise the border clamp), keeps the last five such rows in registers, and for
 each of the 4 high-res rows ``p = 4 i' + k`` interpolates vertically, takes the sign, applies the x-adjoint
-(a weighted sum over the 16 columns) and adds the result, times the y-adjoint weight, into the output rows
-that p touches. Each high-res value is thus recomputed 4 times (the x-window overlap), never stored.
+(a weighted sum over the 16 columns, inside each lane) and adds the result with the phase's tap weights into
+a rolling window of five output-row accumulators; a row is written once its last high-res row is done. Each
+high-res value is thus recomputed 4 times (the x-window overlap), never stored.
 
 Nearest H: ``H^T sign(H d) = 16 sign(d)`` exactly (each low-res pixel is copied to 16 high-res ones), so the
 residual is ``(long_weight + 16 short_weight) sign(d)``; ``upsample=None`` drops the short-range term.
@@ -28,7 +29,6 @@ from mimicfast.ops import _dispatch
 from .bicubic_up4 import (
     WINDOW,
     WINDOW_START,
-    add_highres_row,
     adjoint_weight,
     block,
     check_tensor,
@@ -102,10 +102,23 @@ def _hinterp_row(x_row, y_row, x_cols, y_cols, xw, CDT: tl.constexpr):
 
 
 @triton.jit
-def _sign_hd(g0, g1, g2, g3, taps):
-    """sign(H d) on one high-res row: vertical interpolation of its 4 tap rows (phase weights ``taps``)."""
+def _window_sum(g0, g1, g2, g3, taps, wxt, ip, k: tl.constexpr, H):
+    """x-adjoint of sign(H d) on the high-res row p = 4 ip + k: ``sum_c wxt[c, j] sign(H d)[p, 4 j - 6 + c]``.
+
+    ``g0..g3`` are the horizontally interpolated tap rows of p and ``taps = phase_taps(CDT)[k]``; rows p
+    outside [0, 4H) contribute nothing. Returns [BW].
+    """
     _, a0, a1, a2, a3 = taps
-    return _sign(a0 * g0 + a1 * g1 + a2 * g2 + a3 * g3)
+    u = tl.sum(_sign(a0 * g0 + a1 * g1 + a2 * g2 + a3 * g3) * wxt, axis=0)
+    p = 4 * ip + k
+    return tl.where((p >= 0) & (p < 4 * H), u, 0.0)
+
+
+@triton.jit
+def _spread(o0, o1, o2, o3, u, taps):
+    """Adds the x-adjoint ``u`` of one high-res row to its 4 (unclamped) tap rows with the phase weights."""
+    _, a0, a1, a2, a3 = taps
+    return o0 + a0 * u, o1 + a1 * u, o2 + a2 * u, o3 + a3 * u
 
 
 @triton.jit
@@ -119,7 +132,6 @@ def _l1_residual_kernel(
     b = pid_bc // C
     ch = pid_bc % C
     i0 = tl.program_id(1) * BH
-    rows = i0 + tl.arange(0, BH)
     cols = tl.program_id(2) * BW + tl.arange(0, BW)
     x_base = x_ptr + b.to(tl.int64) * sxb + ch.to(tl.int64) * sxc
     y_base = y_ptr + b.to(tl.int64) * syb + ch.to(tl.int64) * syc
@@ -127,11 +139,8 @@ def _l1_residual_kernel(
     long_w = tl.cast(lw_hi, CDT) + tl.cast(lw_lo, CDT)
     short_w = tl.cast(sw_hi, CDT) + tl.cast(sw_lo, CDT)
 
-    mask = (rows < H)[:, None] & (cols < W)[None, :]
-    rc = tl.minimum(rows, H - 1)[:, None]
-    cc = tl.minimum(cols, W - 1)[None, :]
-    s = _sign(tl.load(x_base + rc * sxh + cc * sxw).to(CDT) - tl.load(y_base + rc * syh + cc * syw).to(CDT))
-
+    r_base = r_ptr + b.to(tl.int64) * srb + ch.to(tl.int64) * src
+    w_b = tl.load(w_ptr + b).to(CDT) if HAS_WEIGHT else 1.0
     if MODE == 2:
         # x-adjoint weights of the column window of every output column (border clamping included).
         hq = 4 * cols[None, :] + WINDOW_START + tl.arange(0, WINDOW)[:, None]
@@ -150,25 +159,49 @@ def _l1_residual_kernel(
         g2 = _hinterp_row(x_base + r2 * sxh, y_base + r2 * syh, x_cols, y_cols, xw, CDT)
         r3 = tl.maximum(i0 - 1, 0)
         g3 = _hinterp_row(x_base + r3 * sxh, y_base + r3 * syh, x_cols, y_cols, xw, CDT)
-        adj = tl.zeros([BH, BW], dtype=CDT)
+        # Rolling accumulators of H^T sign(H d) for the output rows i' - 2 .. i' + 2, taken unclamped: the rows
+        # above the image are summed into ``top`` and folded into row 0, those below into row H - 1, which is
+        # the adjoint of the border clamp.
+        o0 = tl.zeros([BW], dtype=CDT)
+        o1 = tl.zeros([BW], dtype=CDT)
+        o2 = tl.zeros([BW], dtype=CDT)
+        o3 = tl.zeros([BW], dtype=CDT)
+        o4 = tl.zeros([BW], dtype=CDT)
+        top = tl.zeros([BW], dtype=CDT)
         for step in range(0, BH + 4):
             ip = i0 - 2 + step
             r4 = tl.minimum(tl.maximum(ip + 2, 0), H - 1)
             g4 = _hinterp_row(x_base + r4 * sxh, y_base + r4 * syh, x_cols, y_cols, xw, CDT)
-            adj = add_highres_row(adj, _sign_hd(g0, g1, g2, g3, taps[0]), taps[0], ip, 0, rows, wxt, H)
-            adj = add_highres_row(adj, _sign_hd(g0, g1, g2, g3, taps[1]), taps[1], ip, 1, rows, wxt, H)
-            adj = add_highres_row(adj, _sign_hd(g1, g2, g3, g4, taps[2]), taps[2], ip, 2, rows, wxt, H)
-            adj = add_highres_row(adj, _sign_hd(g1, g2, g3, g4, taps[3]), taps[3], ip, 3, rows, wxt, H)
+            u = _window_sum(g0, g1, g2, g3, taps[0], wxt, ip, 0, H)
+            o0, o1, o2, o3 = _spread(o0, o1, o2, o3, u, taps[0])
+            u = _window_sum(g0, g1, g2, g3, taps[1], wxt, ip, 1, H)
+            o0, o1, o2, o3 = _spread(o0, o1, o2, o3, u, taps[1])
+            u = _window_sum(g1, g2, g3, g4, taps[2], wxt, ip, 2, H)
+            o1, o2, o3, o4 = _spread(o1, o2, o3, o4, u, taps[2])
+            u = _window_sum(g1, g2, g3, g4, taps[3], wxt, ip, 3, H)
+            o1, o2, o3, o4 = _spread(o1, o2, o3, o4, u, taps[3])
+            # Row i = i' - 2 is complete: its high-res rows 4 i - 6 .. 4 i + 9 lie in rows i - 2 .. i + 2 = i'.
+            i = ip - 2
+            top = tl.where(i < 0, top + o0, top)
+            adj = o0 + tl.where(i == 0, top, 0.0) + tl.where(i == H - 1, o1 + o2, 0.0)
+            ic = tl.minimum(tl.maximum(i, 0), H - 1)
+            cc = tl.minimum(cols, W - 1)
+            d = tl.load(x_base + ic * sxh + cc * sxw).to(CDT) - tl.load(y_base + ic * syh + cc * syw).to(CDT)
+            # Full-shape mask: the interpreter rejects masks broadcast from a scalar.
+            ii = cols * 0 + i
+            keep = (cols < W) & (ii >= i0) & (ii < i0 + BH) & (ii < H)
+            tl.store(r_base + ii * srh + cols * srw, (long_w * _sign(d) + short_w * adj) * w_b, mask=keep)
             g0, g1, g2, g3 = g1, g2, g3, g4
-        r = long_w * s + short_w * adj
-    elif MODE == 1:
-        r = (long_w + 16.0 * short_w) * s
+            o0, o1, o2, o3, o4 = o1, o2, o3, o4, tl.zeros([BW], dtype=CDT)
     else:
-        r = long_w * s
-    if HAS_WEIGHT:
-        r = r * tl.load(w_ptr + b).to(CDT)
-    r_base = r_ptr + b.to(tl.int64) * srb + ch.to(tl.int64) * src
-    tl.store(r_base + rows[:, None] * srh + cols[None, :] * srw, r, mask=mask)
+        rows = i0 + tl.arange(0, BH)
+        rc = tl.minimum(rows, H - 1)[:, None]
+        cc = tl.minimum(cols, W - 1)[None, :]
+        d = tl.load(x_base + rc * sxh + cc * sxw).to(CDT) - tl.load(y_base + rc * syh + cc * syw).to(CDT)
+        # Nearest: H^T sign(H d) = 16 sign(d); None: long-range term only.
+        coef = long_w + 16.0 * short_w if MODE == 1 else long_w
+        mask = (rows < H)[:, None] & (cols < W)[None, :]
+        tl.store(r_base + rows[:, None] * srh + cols[None, :] * srw, coef * _sign(d) * w_b, mask=mask)
 
 
 def _split(value: float) -> tuple[float, float]:
@@ -218,10 +251,10 @@ def l1_residual_triton(
     r = _dispatch.empty_like_layout(x0_hat.shape, x0_hat, _dispatch.compute_dtype(x0_hat.dtype))
     if r.numel() == 0:
         return r
-    # GPU tiles: 8 rows x 128 columns, 4 warps, one column per lane, so the 16-wide column windows stay in
-    # each thread (no shuffles): 254 registers, no spills, ~1900 instructions per output for sm_90 in the
+    # GPU tiles: 32 rows x 128 columns, 4 warps, one column per lane, so the 16-wide column windows stay in
+    # each thread (no shuffles): 168 registers, no spills, ~1100 instructions per output for sm_90 in the
     # compiler's report (benches/README.md).
-    bh, bw = block(h, 8, 16), block(w, 128, 128)
+    bh, bw = block(h, 32, 16), block(w, 128, 128)
     _l1_residual_kernel[grid(bsz * ch, h, w, bh, bw)](
         x0_hat, y, weight if weight is not None else r, r, ch, h, w,
         *x0_hat.stride(), *y.stride(), *r.stride(), *_split(long_weight), *_split(short_weight),
