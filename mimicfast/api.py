@@ -106,6 +106,8 @@ def purify(
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
+    fast: bool | None = None,
+    autocast: str | None = None,
     **overrides,
 ) -> torch.Tensor:
     """Purify adversarial images with MimicDiffusion.
@@ -117,28 +119,80 @@ def purify(
         preset: ``"paper"``, ``"released"`` or a :class:`Preset`.
         steps: number of reverse steps T (default: the preset's).
         seed: an int (sample i gets ``seed + i``) or one seed per sample. Same seed, same output.
-        batch_size: images per sampler call (default: all at once); never changes the result.
+        batch_size: images per sampler call (default: all at once on the CPU, as many as fit in free memory
+            on CUDA); never changes the result.
         device: where to run (default: the model's device).
         progress: show a progress bar over the reverse steps.
+        fast: use the fast path (:mod:`mimicfast.fast`: static buffers, CUDA-graph replay on CUDA). Default:
+            on for CUDA, off on the CPU. Without autocast it computes exactly what the eager path computes.
+        autocast: ``"bf16"`` or ``"fp16"`` runs the network in that precision on the fast path (the sampler
+            state, coefficients and residual stay fp32); None keeps the working precision.
         **overrides: any other :class:`Preset` field, e.g. ``scale=0.5`` or ``window=None``.
 
     Returns:
         purified images, [B, C, H, W] in [0, 1], on x's device and in x's dtype.
     """
     denoiser = as_denoiser(model)
+    return _purify_images(
+        x,
+        denoiser,
+        resolve_preset(preset, steps, overrides),
+        seed,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        fast=fast,
+        autocast=autocast,
+        fast_cache={},
+    )
+
+
+def _purify_images(
+    x: torch.Tensor,
+    denoiser: Denoiser,
+    p: Preset,
+    seed: int | Sequence[int],
+    *,
+    batch_size: int | None,
+    device: torch.device | str | None,
+    progress: bool,
+    fast: bool | None,
+    autocast: str | None,
+    fast_cache: dict,
+) -> torch.Tensor:
+    """:func:`purify` after argument resolution; ``fast_cache`` keeps fast purifiers (and their captured
+    CUDA graphs) across calls, keyed by device, dtype and autocast."""
     x = validate_images(x, denoiser)
-    p = resolve_preset(preset, steps, overrides)
     seeds = expand_seeds(seed, x.shape[0])
     if batch_size is not None and batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     run_device = torch.device(device) if device is not None else _device_of(denoiser)
     denoiser = denoiser.to(run_device)
     dtype = _working_dtype(denoiser)
+    use_fast = run_device.type == "cuda" if fast is None else fast
+    if autocast is not None and not use_fast:
+        raise InputError("autocast needs the fast path (fast=True, the default on CUDA)")
+    if use_fast:
+        from mimicfast.fast import FastPurifier, auto_batch_size
+
+        key = (run_device, dtype, autocast)
+        if key not in fast_cache:
+            fast_cache[key] = FastPurifier(denoiser, p, autocast=autocast)
+        run_batch = fast_cache[key]
+        if batch_size is None and run_device.type == "cuda":
+            batch_size = auto_batch_size(
+                denoiser, p, x.shape[1:], device=run_device, dtype=dtype, autocast=autocast, n_images=x.shape[0]
+            )
+    else:
+
+        def run_batch(y: torch.Tensor, chunk_seeds: Sequence[int], *, progress: bool) -> torch.Tensor:
+            return purify_batch(denoiser, y, p, chunk_seeds, progress=progress)
+
     chunk = batch_size or x.shape[0]
     outputs = []
     for start in range(0, x.shape[0], chunk):
         y = x[start : start + chunk].detach().to(device=run_device, dtype=dtype) * 2 - 1
-        out = purify_batch(denoiser, y, p, seeds[start : start + chunk], progress=progress)
+        out = run_batch(y, seeds[start : start + chunk], progress=progress)
         outputs.append(((out + 1) / 2).clamp(0, 1).to(device=x.device, dtype=x.dtype))
     return torch.cat(outputs)
 
@@ -160,6 +214,8 @@ class Purifier(nn.Module):
         seed: int | Sequence[int] = 0,
         batch_size: int | None = None,
         progress: bool = False,
+        fast: bool | None = None,
+        autocast: str | None = None,
         **overrides,
     ) -> None:
         super().__init__()
@@ -168,15 +224,22 @@ class Purifier(nn.Module):
         self.seed = seed
         self.batch_size = batch_size
         self.progress = progress
+        self.fast = fast
+        self.autocast = autocast
+        self._fast_cache: dict = {}  # captured CUDA graphs are reused across forward calls
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return purify(
+        return _purify_images(
             x,
             self.denoiser,
-            preset=self.preset,
-            seed=self.seed,
+            self.preset,
+            self.seed,
             batch_size=self.batch_size,
+            device=None,
             progress=self.progress,
+            fast=self.fast,
+            autocast=self.autocast,
+            fast_cache=self._fast_cache,
         )
 
     def extra_repr(self) -> str:

@@ -109,3 +109,15 @@ def test_plain_callable_denoiser(x) -> None:
 
     out = mimicfast.purify(x, zero_denoiser, preset="released", steps=10, scale=0.0)
     torch.testing.assert_close(out, torch.full_like(x, 0.5))
+
+
+@pytest.mark.parametrize("preset", ["paper", "released"])
+def test_fast_path_on_cpu_equals_eager(net, x, preset) -> None:
+    kw = dict(KW, preset=preset) if preset == "paper" else dict(preset=preset, steps=10)
+    eager = mimicfast.purify(x, net, seed=2, fast=False, **kw)
+    torch.testing.assert_close(mimicfast.purify(x, net, seed=2, fast=True, **kw), eager, rtol=0, atol=0)
+    purifier = mimicfast.Purifier(net, seed=2, fast=True, **kw)
+    torch.testing.assert_close(purifier(x), eager, rtol=0, atol=0)
+    torch.testing.assert_close(purifier(x), eager, rtol=0, atol=0)  # cached fast state, same result
+    with pytest.raises(InputError, match="autocast needs the fast path"):
+        mimicfast.purify(x, net, fast=False, autocast="bf16", **kw)
