@@ -2,10 +2,11 @@
 
 Every module here reproduces the reference's parameter and buffer names, shapes and registration order, so
 ``load_state_dict(strict=True)`` accepts a state dict taken from EDM's own modules, and the forward pass computes
-the same function. Two float32-only steps of the reference are made dtype-aware so that a module cast to float64
-computes exact math (the fixtures' "ideal float64" convention): the attention weights are computed in
-``float64`` for float64 inputs (float32 otherwise), and the positional-embedding frequency table is built in
-float64 for float64 inputs. All ops are out of place so that an input-VJP works with frozen parameters.
+the same function. Attention is ``F.scaled_dot_product_attention`` in the input's dtype (EDM upcasts q and k to
+float32 for an einsum + softmax; a float64 module therefore computes exact math, the fixtures' "ideal float64"
+convention, and the fused kernels accumulate in float32 under 16-bit autocast). The positional-embedding
+frequency table is built in float64 for float64 inputs. All ops are out of place so that an input-VJP works
+with frozen parameters.
 
 Class names equal EDM's: :mod:`mimicfast.models.edm_pickle` checks a pickled module's class name against them.
 """
@@ -26,7 +27,6 @@ __all__ = [
     "Linear",
     "PositionalEmbedding",
     "UNetBlock",
-    "attention_weights",
     "class_label_input",
     "random_weight",
 ]
@@ -153,17 +153,6 @@ class GroupNorm(nn.Module):
         return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
 
 
-def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """``softmax_k(q^T k / sqrt(C))`` for q, k of shape [N, C, L] -> weights [N, L_q, L_k] in q's dtype.
-
-    EDM computes this in float32 whatever the input dtype (fp16 safety); float64 inputs stay float64 here
-    (the fixtures' ideal-f64 convention). Only k is scaled, by 1/sqrt(C), before the product, as in EDM.
-    """
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    k = k / math.sqrt(k.shape[1])
-    return torch.einsum("ncq,nck->nqk", q.to(acc), k.to(acc)).softmax(dim=2).to(q.dtype)
-
-
 class UNetBlock(nn.Module):
     """EDM's unified U-Net block: (GroupNorm, SiLU, conv) x 2 with embedding conditioning, skip, attention.
 
@@ -230,7 +219,8 @@ class UNetBlock(nn.Module):
             n, c = x.shape[:2]
             qkv = self.qkv(self.norm2(x)).reshape(n * self.num_heads, c // self.num_heads, 3, -1)
             q, k, v = qkv.unbind(2)
-            a = torch.einsum("nqk,nck->ncq", attention_weights(q, k), v)
+            # softmax(q^T k / sqrt(C)) v as one fused kernel; EDM's einsum form computes the same function.
+            a = F.scaled_dot_product_attention(q.mT, k.mT, v.mT).mT
             x = (self.proj(a.reshape(x.shape)) + x) * self.skip_scale
         return x
 
