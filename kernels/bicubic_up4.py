@@ -54,18 +54,6 @@ def cubic_taps(hi, CDT: tl.constexpr):
 
 
 @triton.jit
-def adjoint_weight_from_taps(first, w0, w1, w2, w3, in_range, lo, n_lo):
-    """H[hi, lo] along one axis from the taps ``cubic_taps(hi)`` of hi: sums the weights of all taps that
-    clamp onto ``lo``, zero where ``in_range`` (hi inside [0, 4 n_lo)) is false. Arguments broadcast."""
-    last = n_lo - 1
-    w = tl.where(tl.minimum(tl.maximum(first, 0), last) == lo, w0, 0.0)
-    w += tl.where(tl.minimum(tl.maximum(first + 1, 0), last) == lo, w1, 0.0)
-    w += tl.where(tl.minimum(tl.maximum(first + 2, 0), last) == lo, w2, 0.0)
-    w += tl.where(tl.minimum(tl.maximum(first + 3, 0), last) == lo, w3, 0.0)
-    return tl.where(in_range, w, 0.0)
-
-
-@triton.jit
 def adjoint_weight(hi, lo, n_lo, CDT: tl.constexpr):
     """Weight with which low-res index ``lo`` enters high-res index ``hi`` (the entry H[hi, lo] along one axis).
 
@@ -73,7 +61,12 @@ def adjoint_weight(hi, lo, n_lo, CDT: tl.constexpr):
     ``hi`` and ``lo`` broadcast against each other.
     """
     first, w0, w1, w2, w3 = cubic_taps(hi, CDT)
-    return adjoint_weight_from_taps(first, w0, w1, w2, w3, (hi >= 0) & (hi < 4 * n_lo), lo, n_lo)
+    last = n_lo - 1
+    w = tl.where(tl.minimum(tl.maximum(first, 0), last) == lo, w0, 0.0)
+    w += tl.where(tl.minimum(tl.maximum(first + 1, 0), last) == lo, w1, 0.0)
+    w += tl.where(tl.minimum(tl.maximum(first + 2, 0), last) == lo, w2, 0.0)
+    w += tl.where(tl.minimum(tl.maximum(first + 3, 0), last) == lo, w3, 0.0)
+    return tl.where((hi >= 0) & (hi < 4 * n_lo), w, 0.0)
 
 
 @triton.jit
@@ -85,18 +78,22 @@ def phase_taps(CDT: tl.constexpr):
 
 
 @triton.jit
-def add_highres_row(acc, v, taps, ip, k: tl.constexpr, rows, wxt, H):
-    """``acc[i, j] += H[p, i] * sum_c H[4 j - 6 + c, j] * v[c, j]`` for the high-res row ``p = 4 ip + k``.
+def spread_rows(o0, o1, o2, o3, u, taps):
+    """Adds ``u``, the x-adjoint of one high-res row of phase k (``taps = phase_taps(CDT)[k]``), to the
+    accumulators of its 4 unclamped tap rows with the phase's weights."""
+    _, a0, a1, a2, a3 = taps
+    return o0 + a0 * u, o1 + a1 * u, o2 + a2 * u, o3 + a3 * u
 
-    ``v`` [16, BW] holds the values of row p on the column window of each output column j, ``wxt`` [16, BW]
-    the x-adjoint weights of those windows, ``taps = phase_taps(CDT)[k]``; ``acc`` is [BH, BW] over the
-    low-res ``rows`` (H of them in the image).
+
+@triton.jit
+def finished_row(o0, o1, o2, top, i, H):
+    """Row ``i`` of H^T from a rolling window of unclamped row accumulators (o0 = row i, o1, o2 below it).
+
+    Rows above the image are summed into ``top`` and folded into row 0, the two below it into row H - 1:
+    the adjoint of the border clamp. Returns (row i, updated top).
     """
-    first, a0, a1, a2, a3 = taps
-    u = tl.sum(v * wxt, axis=0)
-    p = 4 * ip + k
-    wy = adjoint_weight_from_taps(ip + first, a0, a1, a2, a3, (p >= 0) & (p < 4 * H), rows, H)
-    return acc + wy[:, None] * u[None, :]
+    top = tl.where(i < 0, top + o0, top)
+    return o0 + tl.where(i == 0, top, 0.0) + tl.where(i == H - 1, o1 + o2, 0.0), top
 
 
 @triton.jit
@@ -139,29 +136,42 @@ def _bicubic_up4_adjoint_kernel(
 ):  # fmt: skip
     # One program: a [BH, BW] tile of low-res outputs; H, W are the low-res sizes. It walks the low-res rows
     # i' whose high-res rows 4 i' + k touch the tile; each high-res row is read as [16, BW] (the column window
-    # of every output column), reduced along x and accumulated into the output rows it touches.
+    # of every output column, one column per lane), reduced along x, and spread over a rolling window of five
+    # output-row accumulators (rows i' - 2 .. i' + 2); row i' - 2 is then complete and written.
     pid_bc = tl.program_id(0)
     b = pid_bc // C
     ch = pid_bc % C
     i0 = tl.program_id(1) * BH
-    rows = i0 + tl.arange(0, BH)
     cols = tl.program_id(2) * BW + tl.arange(0, BW)
     hq = 4 * cols[None, :] + WINDOW_START + tl.arange(0, WINDOW)[:, None]
     wxt = adjoint_weight(hq, cols[None, :], W, CDT)
     q_in = (hq >= 0) & (hq < 4 * W)
     taps = phase_taps(CDT)
     g_base = g_ptr + b.to(tl.int64) * sgb + ch.to(tl.int64) * sgc
-    acc = tl.zeros([BH, BW], dtype=CDT)
+    o_base = o_ptr + b.to(tl.int64) * sob + ch.to(tl.int64) * soc
+    o0 = tl.zeros([BW], dtype=CDT)
+    o1 = tl.zeros([BW], dtype=CDT)
+    o2 = tl.zeros([BW], dtype=CDT)
+    o3 = tl.zeros([BW], dtype=CDT)
+    o4 = tl.zeros([BW], dtype=CDT)
+    top = tl.zeros([BW], dtype=CDT)
     for step in range(0, BH + 4):
         ip = i0 - 2 + step
         for k in tl.static_range(4):
-            # The row test is made full-shape because the interpreter rejects a mask broadcast from a scalar.
+            # Full-shape masks: the interpreter rejects a mask broadcast from a scalar.
             hp = hq * 0 + (4 * ip + k)
             gv = tl.load(g_base + hp * sgh + hq * sgw, mask=q_in & (hp >= 0) & (hp < 4 * H), other=0.0)
-            acc = add_highres_row(acc, gv.to(CDT), taps[k], ip, k, rows, wxt, H)
-    mask = (rows < H)[:, None] & (cols < W)[None, :]
-    o_base = o_ptr + b.to(tl.int64) * sob + ch.to(tl.int64) * soc
-    tl.store(o_base + rows[:, None] * soh + cols[None, :] * sow, acc.to(o_ptr.dtype.element_ty), mask=mask)
+            u = tl.sum(gv.to(CDT) * wxt, axis=0)
+            # High-res rows 4 i' + 0, 1 tap rows i' - 2 .. i' + 1; rows 4 i' + 2, 3 tap i' - 1 .. i' + 2.
+            if k < 2:
+                o0, o1, o2, o3 = spread_rows(o0, o1, o2, o3, u, taps[k])
+            else:
+                o1, o2, o3, o4 = spread_rows(o1, o2, o3, o4, u, taps[k])
+        row, top = finished_row(o0, o1, o2, top, ip - 2, H)
+        ii = cols * 0 + (ip - 2)
+        keep = (cols < W) & (ii >= i0) & (ii < i0 + BH) & (ii < H)
+        tl.store(o_base + ii * soh + cols * sow, row.to(o_ptr.dtype.element_ty), mask=keep)
+        o0, o1, o2, o3, o4 = o1, o2, o3, o4, tl.zeros([BW], dtype=CDT)
 
 
 def compute_dtype(dtype: torch.dtype) -> tl.dtype:
@@ -225,7 +235,7 @@ def bicubic_up4_adjoint_triton(g: torch.Tensor) -> torch.Tensor:
     if out.numel() == 0:
         return out
     # One output column per lane (BW = 32 x warps): the column windows are reduced inside each thread.
-    bh, bw = block(h, 8, 16), block(w, 128, 128)
+    bh, bw = block(h, 32, 16), block(w, 128, 128)
     _bicubic_up4_adjoint_kernel[grid(bsz * ch, h, w, bh, bw)](
         g, out, ch, h, w, *g.stride(), *out.stride(), CDT=compute_dtype(g.dtype), BH=bh, BW=bw,
         num_warps=max(1, bw // 32),

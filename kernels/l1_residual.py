@@ -34,8 +34,10 @@ from .bicubic_up4 import (
     check_tensor,
     compute_dtype,
     cubic_taps,
+    finished_row,
     grid,
     phase_taps,
+    spread_rows,
 )
 
 _MODES = {None: 0, "nearest": 1, "bicubic": 2}
@@ -115,13 +117,6 @@ def _window_sum(g0, g1, g2, g3, taps, wxt, ip, k: tl.constexpr, H):
 
 
 @triton.jit
-def _spread(o0, o1, o2, o3, u, taps):
-    """Adds the x-adjoint ``u`` of one high-res row to its 4 (unclamped) tap rows with the phase weights."""
-    _, a0, a1, a2, a3 = taps
-    return o0 + a0 * u, o1 + a1 * u, o2 + a2 * u, o3 + a3 * u
-
-
-@triton.jit
 def _l1_residual_kernel(
     x_ptr, y_ptr, w_ptr, r_ptr, C, H, W,
     sxb, sxc, sxh, sxw, syb, syc, syh, syw, srb, src, srh, srw,
@@ -173,17 +168,16 @@ def _l1_residual_kernel(
             r4 = tl.minimum(tl.maximum(ip + 2, 0), H - 1)
             g4 = _hinterp_row(x_base + r4 * sxh, y_base + r4 * syh, x_cols, y_cols, xw, CDT)
             u = _window_sum(g0, g1, g2, g3, taps[0], wxt, ip, 0, H)
-            o0, o1, o2, o3 = _spread(o0, o1, o2, o3, u, taps[0])
+            o0, o1, o2, o3 = spread_rows(o0, o1, o2, o3, u, taps[0])
             u = _window_sum(g0, g1, g2, g3, taps[1], wxt, ip, 1, H)
-            o0, o1, o2, o3 = _spread(o0, o1, o2, o3, u, taps[1])
+            o0, o1, o2, o3 = spread_rows(o0, o1, o2, o3, u, taps[1])
             u = _window_sum(g1, g2, g3, g4, taps[2], wxt, ip, 2, H)
-            o1, o2, o3, o4 = _spread(o1, o2, o3, o4, u, taps[2])
+            o1, o2, o3, o4 = spread_rows(o1, o2, o3, o4, u, taps[2])
             u = _window_sum(g1, g2, g3, g4, taps[3], wxt, ip, 3, H)
-            o1, o2, o3, o4 = _spread(o1, o2, o3, o4, u, taps[3])
+            o1, o2, o3, o4 = spread_rows(o1, o2, o3, o4, u, taps[3])
             # Row i = i' - 2 is complete: its high-res rows 4 i - 6 .. 4 i + 9 lie in rows i - 2 .. i + 2 = i'.
             i = ip - 2
-            top = tl.where(i < 0, top + o0, top)
-            adj = o0 + tl.where(i == 0, top, 0.0) + tl.where(i == H - 1, o1 + o2, 0.0)
+            adj, top = finished_row(o0, o1, o2, top, i, H)
             ic = tl.minimum(tl.maximum(i, 0), H - 1)
             cc = tl.minimum(cols, W - 1)
             d = tl.load(x_base + ic * sxh + cc * sxw).to(CDT) - tl.load(y_base + ic * syh + cc * syw).to(CDT)
