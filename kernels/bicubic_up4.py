@@ -114,7 +114,7 @@ def _bicubic_up4_kernel(
     ay = (a0, a1, a2, a3)
     bx = (b0, b1, b2, b3)
     acc = tl.zeros([BP, BQ], dtype=CDT)
-    # Horizontal first, then vertical: the order PyTorch's CPU kernel uses.
+    # Separable: the 4 horizontal taps of each tap row, then the vertical taps.
     for m in tl.static_range(4):
         row = tl.minimum(tl.maximum(fy + m, 0), H - 1)
         row_acc = tl.zeros([BP, BQ], dtype=CDT)
