@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import statistics
 import time
@@ -44,6 +43,7 @@ import torch
 
 from mimicfast.api import purify_batch
 from mimicfast.fast import FastPurifier, auto_batch_size
+from mimicfast.models.random_init import randomize_weights
 from mimicfast.presets import get_preset
 from mimicfast.sampling import as_denoiser, window_mask
 from tests.conftest import PARITY
@@ -82,25 +82,11 @@ def _variants() -> list[str]:
     return names
 
 
-def _randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Redraw every parameter: weights N(0, 1/fan_in), norm scales 1 + N(0, 0.2^2), other vectors N(0, 0.1^2)."""
-    gen = torch.Generator(device=next(module.parameters()).device).manual_seed(seed)
-    norm_weights = {id(m.weight) for m in module.modules() if isinstance(m, torch.nn.GroupNorm) and m.affine}
-    with torch.no_grad():
-        for p in module.parameters():
-            z = torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype)
-            if p.dim() >= 2:
-                p.copy_(z / math.sqrt(p[0].numel()))
-            else:
-                p.copy_(1 + 0.2 * z if id(p) in norm_weights else 0.1 * z)
-    return module.eval().requires_grad_(False)
-
-
 def _gd256() -> torch.nn.Module:
     from mimicfast.models import GD_CONFIGS, guided_diffusion_unet
 
     with torch.device("cuda"):
-        return _randomize_(guided_diffusion_unet(**GD_CONFIGS["imagenet256-uncond"]))
+        return randomize_weights(guided_diffusion_unet(**GD_CONFIGS["imagenet256-uncond"])).requires_grad_(False)
 
 
 def _edm_cifar10() -> torch.nn.Module:
@@ -108,7 +94,7 @@ def _edm_cifar10() -> torch.nn.Module:
 
     spec = json.loads((PARITY / "edm_songunet_ddpmpp_cifar10_full_keys.json").read_text())
     with torch.device("cuda"):
-        return _randomize_(edm_network(spec["precond_class"], **spec["kwargs"]))
+        return randomize_weights(edm_network(spec["precond_class"], **spec["kwargs"])).requires_grad_(False)
 
 
 CONFIGS = {

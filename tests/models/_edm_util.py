@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import math
 import pickle
 import sys
 import types
@@ -12,35 +11,36 @@ import numpy as np
 import torch
 
 from mimicfast.models import edm_network
+from mimicfast.models.random_init import randomize_weights
 
 # Tiny DDPM++ config in EDM's CIFAR layout (channel_mult [2,2,2], augment_dim 9) at 8x8.
-TINY_DDPMPP = dict(img_resolution=8, img_channels=3, label_dim=0, use_fp16=False, model_type="SongUNet",
-                   embedding_type="positional", encoder_type="standard", decoder_type="standard",
-                   channel_mult_noise=1, resample_filter=[1, 1], model_channels=8, channel_mult=[2, 2],
-                   num_blocks=1, attn_resolutions=[4], dropout=0.13, augment_dim=9)
+TINY_DDPMPP = dict(
+    img_resolution=8,
+    img_channels=3,
+    label_dim=0,
+    use_fp16=False,
+    model_type="SongUNet",
+    embedding_type="positional",
+    encoder_type="standard",
+    decoder_type="standard",
+    channel_mult_noise=1,
+    resample_filter=[1, 1],
+    model_channels=8,
+    channel_mult=[2, 2],
+    num_blocks=1,
+    attn_resolutions=[4],
+    dropout=0.13,
+    augment_dim=9,
+)
 
 PERSISTENCE_MODULE = "torch_utils.persistence"
 RECONSTRUCT = "_reconstruct_persistent_obj"
 
 
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Overwrite every parameter with seeded N(0, 1/fan_in) weights (GroupNorm scales near 1, biases near 0)
-    like the fixtures do: EDM's init zeroes or shrinks output convs, which would hide bugs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=g, dtype=torch.float64)
-            if p.ndim >= 2:
-                p.copy_(r / math.sqrt(p[0].numel()))
-            else:
-                p.copy_(0.2 * r + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
-    return model.eval()
-
-
 def tiny_edm(seed: int = 0, **overrides) -> torch.nn.Module:
     kwargs = dict(TINY_DDPMPP, **overrides)
     precond = kwargs.pop("precond_class", "EDMPrecond")
-    return randomize(edm_network(precond, **kwargs), seed)
+    return randomize_weights(edm_network(precond, **kwargs), seed)
 
 
 class _Persistent:
@@ -66,8 +66,10 @@ def _module_state(module: torch.nn.Module, init_kwargs: dict | None) -> dict:
     """An nn.Module's pickled __dict__ as EDM's files hold it (parameters, buffers, submodules, attributes)."""
     state = {k: v for k, v in vars(module).items() if not k.startswith("_") and k not in ("init_kwargs",)}
     state["training"] = module.training
-    state["_parameters"] = {k: (None if v is None else torch.nn.Parameter(v.detach().clone(), requires_grad=True))
-                            for k, v in module._parameters.items()}
+    state["_parameters"] = {
+        k: (None if v is None else torch.nn.Parameter(v.detach().clone(), requires_grad=True))
+        for k, v in module._parameters.items()
+    }
     state["_buffers"] = {k: (None if v is None else v.detach().clone()) for k, v in module._buffers.items()}
     state["_non_persistent_buffers_set"] = set()
     state["_forward_hooks"] = collections.OrderedDict()
@@ -94,8 +96,12 @@ def edm_pickle_bytes(net: torch.nn.Module, extra: dict | None = None, module_src
     globals exist only while dumping."""
     state = _module_state(net, dict(net.init_kwargs))
     top = _Persistent(net.precond_class, state, module_src or "# training/networks.py\n")
-    data = {"ema": top, "loss_fn": _Persistent("EDMLoss", {"P_mean": -1.2, "P_std": 1.2, "sigma_data": 0.5}),
-            "augment_pipe": None, "dataset_kwargs": {"class_name": "training.dataset.ImageFolderDataset"}}
+    data = {
+        "ema": top,
+        "loss_fn": _Persistent("EDMLoss", {"P_mean": -1.2, "P_std": 1.2, "sigma_data": 0.5}),
+        "augment_pipe": None,
+        "dataset_kwargs": {"class_name": "training.dataset.ImageFolderDataset"},
+    }
     data.update(extra or {})
     return dump_with_fake_globals(data)
 
@@ -122,3 +128,10 @@ def dump_with_fake_globals(obj) -> bytes:
                 sys.modules.pop(k, None)
             else:
                 sys.modules[k] = v
+
+
+def assert_close_to_fixture_d(out: torch.Tensor, vec: dict) -> None:
+    """``out`` equals the fixture's float32 ``D_x`` within the fixtures README's 3e-5 * max(1, sigma)."""
+    atol = 3e-5 * vec["sigma"].clamp(min=1).view(-1, 1, 1, 1)
+    err = (out - vec["D_x"]).abs()
+    assert bool((err <= atol).all()), f"max abs error {float(err.max()):.3e}"

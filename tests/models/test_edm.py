@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from mimicfast.models import edm_network
 from mimicfast.models.edm_layers import Conv2d, UNetBlock
-from tests.models._edm_util import TINY_DDPMPP, randomize, tiny_edm
+from mimicfast.models.random_init import randomize_weights
+from tests.models._edm_util import TINY_DDPMPP, tiny_edm
 
 FIXTURES = ["edm_songunet_vpprecond_small", "edm_songunet_edmprecond_small", "edm_dhariwalunet_edmprecond_small"]
 F64_ATOL = 1e-9
@@ -217,7 +218,7 @@ def test_resampling_convs():
 
 
 def test_idddpm_precond_levels_and_output():
-    net = randomize(edm_network("iDDPMPrecond", img_resolution=8, img_channels=3, model_type="SongUNet",
+    net = randomize_weights(edm_network("iDDPMPrecond", img_resolution=8, img_channels=3, model_type="SongUNet",
                                 **{k: TINY_DDPMPP[k] for k in ("model_channels", "channel_mult", "num_blocks",
                                                               "attn_resolutions")}))
     assert net.u.shape == (1001,) and net.u[-1] == 0 and bool((net.u[:-1] > net.u[1:]).all())

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
 
 from mimicfast.errors import InputError
 from mimicfast.models.guided_diffusion import AttentionBlock, GuidedDiffusionUNet, guided_diffusion_unet
+from mimicfast.models.random_init import randomize_weights
 
 # Tiny config (32 channels is the minimum: GroupNorm always has 32 groups); 16x16 inputs.
 TINY = dict(
@@ -25,17 +25,6 @@ TINY = dict(
 )
 
 
-def _randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random non-zero weights (reference init zeroes output convs, which would hide bugs)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=g, dtype=torch.float64)
-            if p.ndim >= 2:
-                p.copy_(r / math.sqrt(p[0].numel()))
-            else:  # 1-D weights are GroupNorm scales (near 1); biases near 0
-                p.copy_(0.2 * r + name.endswith("weight"))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +126,7 @@ def test_use_fp16_forward_close_to_float32(fixture):
 
 
 def test_class_conditional():
-    model = _randomize(guided_diffusion_unet(**TINY, class_cond=True), seed=1)
+    model = randomize_weights(guided_diffusion_unet(**TINY, class_cond=True), seed=1)
     assert model.num_classes == 1000 and model.label_emb.weight.shape == (1000, 128)
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([5, 500])
     with torch.no_grad():
@@ -165,7 +154,7 @@ def _reference_attention(qkv: torch.Tensor, heads: int, new_order: bool) -> torc
 @pytest.mark.parametrize("new_order", [False, True])
 @pytest.mark.parametrize("heads_kw", [dict(num_heads=4), dict(num_head_channels=16), dict(num_heads=1)])
 def test_attention_block_matches_reference_formula(new_order, heads_kw):
-    block = _randomize(AttentionBlock(64, use_new_attention_order=new_order, **heads_kw).double(), seed=2)
+    block = randomize_weights(AttentionBlock(64, use_new_attention_order=new_order, **heads_kw).double(), seed=2)
     x = torch.randn(2, 64, 4, 6, dtype=torch.float64)
     with torch.no_grad():
         ours = block(x)
@@ -176,7 +165,7 @@ def test_attention_block_matches_reference_formula(new_order, heads_kw):
 
 def test_new_attention_order_is_a_qkv_permutation():
     """A new-order model equals a legacy model whose qkv rows are reordered (head,qkv,ch) -> (qkv,head,ch)."""
-    legacy = _randomize(guided_diffusion_unet(**TINY).double(), seed=3)
+    legacy = randomize_weights(guided_diffusion_unet(**TINY).double(), seed=3)
     new = guided_diffusion_unet(**TINY, use_new_attention_order=True).double().eval()
     sd = legacy.state_dict()
     for key in [k for k in sd if k.endswith(("qkv.weight", "qkv.bias"))]:
@@ -205,7 +194,7 @@ def test_plain_resampling_blocks(conv_resample):
     keys = model.state_dict().keys()
     assert ("input_blocks.2.0.op.weight" in keys) == conv_resample
     assert ("output_blocks.1.2.conv.weight" in keys) == conv_resample
-    _randomize(model, seed=4)
+    randomize_weights(model, seed=4)
     with torch.no_grad():
         out = model(torch.randn(2, 1, 8, 8), torch.tensor([0.5, 999.0]))
     assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all() and not model.learn_sigma
@@ -224,7 +213,7 @@ def test_create_model_defaults_and_errors():
 
 
 def test_bad_inputs_and_scalar_timestep():
-    model = _randomize(guided_diffusion_unet(**TINY), seed=5)
+    model = randomize_weights(guided_diffusion_unet(**TINY), seed=5)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(model(x, 7), model(x, torch.tensor([7, 7])))
@@ -259,7 +248,7 @@ def test_input_vjp_with_frozen_params(fixture, model_f64):
 
 
 def test_gradient_checkpointing_gives_same_input_grad():
-    plain = _randomize(guided_diffusion_unet(**TINY).double(), seed=7).requires_grad_(False)
+    plain = randomize_weights(guided_diffusion_unet(**TINY).double(), seed=7).requires_grad_(False)
     ckpt = guided_diffusion_unet(**TINY, use_checkpoint=True).double().eval().requires_grad_(False)
     ckpt.load_state_dict(plain.state_dict())
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
