@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     model, classifier = load_default(args.device)
     x, y = load_test_slice(args.n)
     x, y = x.to(args.device), y.to(args.device)
-    attack = AttackSettings(eps=args.eps, pgd_steps=args.pgd_steps, bpda_steps=max(args.bpda_steps, 1),
+    attack = AttackSettings(eps=args.eps, pgd_steps=args.pgd_steps, bpda_steps=args.bpda_steps,
                             eot=args.eot, seed=args.seed)
     print(f"mimicfast demo: {args.n} Fashion-MNIST test images, eps={args.eps:g} (Linf), {args.steps} purifier "
           f"steps, seed {args.seed}")

@@ -43,10 +43,11 @@ def test_unet_is_a_trained_eps_predictor(models):
     x0 = load_test_slice(32)[0] * 2 - 1
     gen = torch.Generator().manual_seed(0)
     abar = alphas_cumprod(linear_betas()).float()
-    for t in (50, 300, 700):
+    # Measured MSEs of the network at initialisation: 1.22, 1.25, 1.28; an eps-predictor that learned the
+    # data scores far less, and least where x_t is mostly noise.
+    for t, bound in ((50, 0.3), (300, 0.08), (700, 0.02)):
         eps = torch.randn(x0.shape, generator=gen)
         x_t = abar[t].sqrt() * x0 + (1 - abar[t]).sqrt() * eps
         with torch.no_grad():
             mse = torch.mean((unet(x_t, torch.full((32,), t)) - eps) ** 2).item()
-        # An untrained network scores about 1 (or worse); predicting the noise well scores far less.
-        assert mse < 0.35, (t, mse)
+        assert mse < bound, (t, mse)
