@@ -70,10 +70,22 @@ def _read_batch(path: Path, channels: int) -> torch.Tensor:
     return _to_unit_float(_as_nchw(array, channels, path), path)
 
 
+def pad_to(batch: torch.Tensor, size: int, source: Path) -> torch.Tensor:
+    """Zero-pad [N, C, h, w] symmetrically to [N, C, size, size] (e.g. Fashion-MNIST 28x28 -> 32x32)."""
+    h, w = batch.shape[-2:]
+    if h > size or w > size:
+        raise InputError(f"{source}: {h}x{w} is larger than the model's {size}x{size}; cannot pad")
+    top, left = (size - h) // 2, (size - w) // 2
+    return torch.nn.functional.pad(batch, (left, size - w - left, top, size - h - top))
+
+
 def read_inputs(
-    paths: list[Path], channels: int, size: int | None, *, resize: bool = False
+    paths: list[Path], channels: int, size: int | None, *, resize: bool = False, pad: bool = False
 ) -> tuple[torch.Tensor, list[str]]:
-    """Read every input into one float32 batch [N, C, H, W] in [0, 1] and a unique name per image."""
+    """Read every input into one float32 batch [N, C, H, W] in [0, 1] and a unique name per image.
+
+    ``resize`` scales and center-crops pictures to the model's size; ``pad`` zero-pads smaller inputs to it.
+    """
     images, names = [], []
     for path in paths:
         if not path.is_file():
@@ -87,8 +99,12 @@ def read_inputs(
             names.extend(f"{path.stem}_{i:04d}" for i in range(batch.shape[0]))
         else:
             raise InputError(f"{path}: unsupported input type {path.suffix!r} (PNG/JPEG, .npy or .pt)")
+        if pad and size is not None:
+            batch = pad_to(batch, size, path)
         if size is not None and tuple(batch.shape[-2:]) != (size, size):
-            hint = " (pass --resize to resize and center-crop)" if suffix in IMAGE_SUFFIXES else ""
+            hint = " (pass --pad to zero-pad" + (
+                ", or --resize to resize and center-crop)" if suffix in IMAGE_SUFFIXES else ")"
+            )
             raise InputError(
                 f"{path}: the model takes {size}x{size} images, got {batch.shape[-2]}x{batch.shape[-1]}{hint}"
             )

@@ -33,7 +33,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="images per sampler call (default: 8)")
-    p.add_argument("--resize", action="store_true", help="resize and center-crop pictures to the model's size")
+    fit = p.add_mutually_exclusive_group()
+    fit.add_argument("--resize", action="store_true", help="resize and center-crop pictures to the model's size")
+    fit.add_argument(
+        "--pad", action="store_true", help="zero-pad smaller inputs to the model's size (Fashion-MNIST 28x28 -> 32x32)"
+    )
     p.set_defaults(func=run)
 
 
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     denoiser = as_denoiser(load(args.checkpoint, args.config))
     channels = denoiser.channels or 3
-    images, names = read_inputs(args.inputs, channels, denoiser.image_size, resize=args.resize)
+    images, names = read_inputs(args.inputs, channels, denoiser.image_size, resize=args.resize, pad=args.pad)
     outputs = _output_paths(args.out, names) + [args.out / "purified.pt"]
     inputs = {p.resolve() for p in args.inputs}
     clash = [p for p in outputs if p.resolve() in inputs]

@@ -102,6 +102,19 @@ def test_wrong_size_and_wrong_checkpoint(checkpoint, images_dir, tmp_path, capsy
     assert not out.exists()
 
 
+def test_pad_small_images(checkpoint, images_dir, tmp_path, capsys) -> None:
+    """28x28 Fashion-MNIST images are zero-padded to the model's 32x32 with --pad (3 channels here: RGB of gray)."""
+    small = images_dir / "fashionMNIST_00_9.png"
+    out = tmp_path / "out"
+    assert main(["purify", str(small), "-o", str(out), "--checkpoint", str(tmp_path / "no.pt"), *ARGS]) == 2
+    assert "no.pt" in capsys.readouterr().err
+    assert main(["purify", str(small), "-o", str(out), "--checkpoint", str(checkpoint), *ARGS]) == 2
+    assert "--pad" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["purify", str(small), "-o", str(out), "--checkpoint", str(checkpoint), "--pad", *ARGS]) == 0
+    assert torch.load(out / "purified.pt", weights_only=True)["images"].shape == (1, 3, 32, 32)
+
+
 def test_never_overwrites_an_input(checkpoint, image, capsys) -> None:
     target = image.parent / "cat_purified.png"
     shutil.copy(image, target)
