@@ -25,7 +25,7 @@ from mimicfast.errors import InputError
 from mimicfast.presets import PRESETS
 
 # Sized so that the defaults finish in about 5 minutes on 2 idle CPU cores (docs/RESULTS.md has the timing).
-DEFAULT_N = 16
+DEFAULT_N = 64
 DEFAULT_STEPS = 20
 DEFAULT_EPS = 0.1
 _ZOOM = 3  # grid pixels per image pixel
