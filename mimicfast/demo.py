@@ -24,7 +24,8 @@ from PIL import Image, ImageDraw
 from mimicfast.errors import InputError
 from mimicfast.presets import PRESETS
 
-# Sized so that the defaults finish in about 5 minutes on 2 idle CPU cores (docs/RESULTS.md has the timing).
+# Sized so that the defaults finish in about 2 minutes on 2 idle CPU cores (docs/RESULTS.md has the timing)
+# and reproduce the paper/released rows of the RESULTS table.
 DEFAULT_N = 64
 DEFAULT_STEPS = 20
 DEFAULT_EPS = 0.1
