@@ -51,3 +51,16 @@ def test_unet_is_a_trained_eps_predictor(models):
         with torch.no_grad():
             mse = torch.mean((unet(x_t, torch.full((32,), t)) - eps) ** 2).item()
         assert mse < bound, (t, mse)
+
+
+def test_shipped_unet_config_is_the_named_config() -> None:
+    """`--config fashion-mnist-32` and the JSON beside the shipped weights describe the same network."""
+    import json
+    from pathlib import Path
+
+    import mimicfast
+    from mimicfast.models import GD_CONFIGS
+
+    shipped = json.loads((Path(mimicfast.__file__).parent / "weights" / "fmnist_unet.json").read_text())
+    shipped.pop("family")
+    assert shipped == GD_CONFIGS["fashion-mnist-32"]

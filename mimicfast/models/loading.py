@@ -100,6 +100,26 @@ GD_CONFIGS: dict[str, dict[str, Any]] = {
         class_cond=True,
         num_head_channels=64,
     ),
+    # The bundled Fashion-MNIST model (mimicfast/weights/fmnist_unet.safetensors; docs/MODEL_CARD.md).
+    "fashion-mnist-32": dict(
+        image_size=32,
+        in_channels=1,
+        num_channels=32,
+        num_res_blocks=1,
+        channel_mult="1,1,2",
+        learn_sigma=False,
+        class_cond=False,
+        use_checkpoint=False,
+        attention_resolutions="8",
+        num_heads=1,
+        num_head_channels=32,
+        num_heads_upsample=-1,
+        use_scale_shift_norm=True,
+        dropout=0.0,
+        resblock_updown=False,
+        use_fp16=False,
+        use_new_attention_order=False,
+    ),
     # ../shared/fixtures/parity/gd_unet_small_state_dict.pt (random weights, for tests).
     "gd-small-test": dict(
         _IMAGENET_COMMON,
