@@ -173,16 +173,14 @@ def _purify_images(
     if autocast is not None and not use_fast:
         raise InputError("autocast needs the fast path (fast=True, the default on CUDA)")
     if use_fast:
-        from mimicfast.fast import FastPurifier, auto_batch_size
+        from mimicfast.fast import FastPurifier
 
         key = (run_device, dtype, autocast)
         if key not in fast_cache:
             fast_cache[key] = FastPurifier(denoiser, p, autocast=autocast)
         run_batch = fast_cache[key]
         if batch_size is None and run_device.type == "cuda":
-            batch_size = auto_batch_size(
-                denoiser, p, x.shape[1:], device=run_device, dtype=dtype, autocast=autocast, n_images=x.shape[0]
-            )
+            batch_size = min(run_batch.batch_size(x.shape[1:], device=run_device, dtype=dtype), x.shape[0])
     else:
 
         def run_batch(y: torch.Tensor, chunk_seeds: Sequence[int], *, progress: bool) -> torch.Tensor:

@@ -78,6 +78,10 @@ class GraphedLoop:
                     loop.idx.zero_()  # any valid step index; the values do not matter here
                     loop.step(kind)
         torch.cuda.current_stream(loop.device).wait_stream(stream)
+        # The warm-up's blocks stay cached under the side stream, and the allocator never frees cached blocks
+        # while a capture is under way: return them now, or capture needs twice a step's peak memory.
+        torch.cuda.synchronize(loop.device)
+        torch.cuda.empty_cache()
 
     def _capture(self, guided: bool, length: int) -> torch.cuda.CUDAGraph:
         graph = torch.cuda.CUDAGraph()
@@ -87,10 +91,28 @@ class GraphedLoop:
                 self.loop.step(guided)
         return graph
 
-    def run(self, progress: bool = False) -> torch.Tensor:
-        """Replay the whole loop from ``loop.idx = 0``; returns ``loop.x`` (the static buffer, not a copy)."""
-        bar = tqdm(total=self.loop.steps, disable=not progress, desc="purify", leave=False)
-        for piece in self.plan:
+    def boundaries(self) -> list[int]:
+        """Step indices where a captured piece starts, and ``steps`` at the end (where :meth:`run` may start/stop)."""
+        out = [0]
+        for _, length in self.plan:
+            out.append(out[-1] + length)
+        return out
+
+    def run(self, progress: bool = False, *, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Replay steps ``[start, stop)`` of the loop (default: all of it); returns ``loop.x`` (the buffer, not a copy).
+
+        ``start`` and ``stop`` must be piece boundaries (:meth:`boundaries`; every step index with ``chunk=1``).
+        A sub-range continues from whatever ``loop.x`` and the generators hold: it serves timing a part of the
+        loop and resuming, not purifying from scratch (that is ``loop.reset`` then ``run()``).
+        """
+        stop = self.loop.steps if stop is None else stop
+        bounds = self.boundaries()
+        if start not in bounds or stop not in bounds or start > stop:
+            raise InputError(f"start={start}, stop={stop} must be piece boundaries with start <= stop: {bounds[:8]}...")
+        self.loop.idx.fill_(start)  # a write before the loop, never a host read inside it
+        first, last = bounds.index(start), bounds.index(stop)
+        bar = tqdm(total=stop - start, disable=not progress, desc="purify", leave=False)
+        for piece in self.plan[first:last]:
             self.graphs[piece].replay()
             bar.update(piece[1])
         bar.close()

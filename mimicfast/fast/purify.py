@@ -16,6 +16,7 @@ import torch
 from mimicfast.errors import InputError
 from mimicfast.fast.graphed import GraphedLoop
 from mimicfast.fast.loop import FastLoop
+from mimicfast.fast.memory import auto_batch_size
 from mimicfast.fast.precision import apply_policy, resolve_autocast
 from mimicfast.presets import Preset
 from mimicfast.sampling.denoisers import Denoiser
@@ -63,6 +64,7 @@ class FastPurifier:
         self.chunk = chunk
         self.max_cached = max_cached
         self._cache: dict[tuple, tuple[FastLoop, GraphedLoop | None]] = {}
+        self._batch_sizes: dict[tuple, int] = {}
 
     def _use_graphs(self, device: torch.device) -> bool:
         if self.graphs is None:
@@ -95,9 +97,26 @@ class FastPurifier:
         self._cache[key] = (loop, graphed)
         return loop, graphed
 
-    def prepare(self, y: torch.Tensor, seeds: Sequence[int]) -> None:
-        """Build (and on CUDA capture) the state for ``y``'s shape now, so that the next call only runs."""
-        self._state(y, self._check(y, seeds))
+    def batch_size(
+        self, image_shape: Sequence[int], *, device: torch.device | str, dtype: torch.dtype = torch.float32
+    ) -> int:
+        """Images per call that fit in the device memory free now (:func:`mimicfast.fast.auto_batch_size`).
+
+        Measured once per image shape, device and dtype, then remembered: later calls would see the memory
+        that this purifier's own captured graphs hold and pick a smaller batch, i.e. a new shape to capture.
+        The probes run this purifier's denoiser (its precision policy and cast weights, not a second copy).
+        """
+        key = (tuple(image_shape), torch.device(device), dtype)
+        if key not in self._batch_sizes:
+            self._batch_sizes[key] = auto_batch_size(self.denoiser, self.preset, image_shape, device=device, dtype=dtype)
+        return self._batch_sizes[key]
+
+    def prepare(self, y: torch.Tensor, seeds: Sequence[int]) -> tuple[FastLoop, GraphedLoop | None]:
+        """Build (and on CUDA capture) the state for ``y``'s shape now, so that the next call only runs.
+
+        Returns the loaded state and its captured graphs (None without graphs), e.g. to time parts of the loop.
+        """
+        return self._state(y, self._check(y, seeds))
 
     def __call__(self, y: torch.Tensor, seeds: Sequence[int], *, progress: bool = False) -> torch.Tensor:
         """Purify one batch: ``y`` [B, C, H, W] in [-1, 1] (fp32 or fp64) -> x_0 [B, C, H, W], a new tensor."""

@@ -282,6 +282,56 @@ def test_cpu_footprint_grows_with_batch_and_sizes_the_batch() -> None:
     assert auto_batch_size(denoiser, preset, (3, 8, 8), device="cpu") >= 1  # the machine's MemAvailable
 
 
+def test_purifier_measures_its_batch_size_once(monkeypatch) -> None:
+    """Measured once per shape: later calls would see the purifier's own graphs' memory and pick a new shape."""
+    import mimicfast.fast.purify as fast_purify
+
+    calls = []
+
+    def counting(denoiser, preset, image_shape, **kwargs):
+        calls.append(denoiser)
+        return 5
+
+    monkeypatch.setattr(fast_purify, "auto_batch_size", counting)
+    purifier = FastPurifier(as_denoiser(TinyEpsNet()), _preset("paper"), autocast="bf16")
+    assert purifier.batch_size((3, 8, 8), device="cpu") == 5
+    assert purifier.batch_size((3, 8, 8), device="cpu") == 5
+    assert calls == [purifier.denoiser]  # probed once, with the purifier's own precision wrapper
+    purifier.batch_size((3, 16, 16), device="cpu")
+    assert len(calls) == 2
+
+
+def test_graphed_run_replays_the_pieces_of_a_range() -> None:
+    """Replay bookkeeping of GraphedLoop.run (capture needs CUDA; stand-in graphs advance the index)."""
+    from mimicfast.fast.graphed import GraphedLoop
+
+    loop = FastLoop(as_denoiser(TinyEpsNet()), _preset("paper"), (1, 3, 8, 8), device="cpu")
+    replayed = []
+
+    class StandIn:
+        def __init__(self, piece):
+            self.piece = piece
+
+        def replay(self):
+            replayed.append(self.piece)
+            loop.idx.add_(self.piece[1])
+
+    graphed = GraphedLoop.__new__(GraphedLoop)
+    graphed.loop, graphed.plan = loop, segments(loop.kinds, 4)
+    graphed.graphs = {piece: StandIn(piece) for piece in graphed.plan}
+    bounds = graphed.boundaries()
+    assert bounds[0] == 0 and bounds[-1] == loop.steps and len(bounds) == len(graphed.plan) + 1
+    graphed.run()
+    assert replayed == graphed.plan and int(loop.idx) == loop.steps
+    replayed.clear()
+    graphed.run(start=bounds[2], stop=bounds[4])
+    assert replayed == graphed.plan[2:4] and int(loop.idx) == bounds[4]
+    not_a_boundary = next(i for i in range(loop.steps) if i not in bounds)
+    for start, stop in ((not_a_boundary, None), (0, not_a_boundary), (bounds[3], bounds[1])):
+        with pytest.raises(InputError, match="boundaries"):
+            graphed.run(start=start, stop=stop)
+
+
 def test_importing_fast_does_not_initialise_cuda() -> None:
     assert not torch.cuda.is_initialized()
 
