@@ -87,6 +87,8 @@ class FastPurifier:
         if self._use_graphs(y.device):
             try:
                 graphed = GraphedLoop(loop, chunk=self.chunk)
+            except torch.cuda.OutOfMemoryError:
+                raise  # keep its type: callers catch it to pick a smaller batch
             except RuntimeError as exc:
                 raise RuntimeError(
                     f"capturing the purification step in a CUDA graph failed: {exc}. The denoiser probably reads "

@@ -485,3 +485,24 @@ def test_bf16_accuracy_of_the_bundled_model_within_noise_of_fp32() -> None:
         p32, p16 = accuracy(images, None), accuracy(images, "bf16")
         bound = 3 * math.sqrt(2 * p32 * (1 - p32) / n) + 1 / n
         assert abs(p16 - p32) <= bound, f"fp32 {p32:.3f} vs bf16 {p16:.3f} (bound {bound:.3f})"
+
+
+@pytest.mark.gpu
+def test_purify_on_cuda_takes_the_graphed_path_and_purifier_reuses_it(parity_dir) -> None:
+    """The public API on CUDA: fast path by default, graphs captured once per shape, same result as eager."""
+    from mimicfast.api import Purifier, purify
+
+    net = load_guided_diffusion(parity_dir / "gd_unet_small_state_dict.pt", "gd-small-test", device="cuda")
+    x = (_y(3, torch.float32, size=32).cuda() + 1) / 2
+    settings = dict(preset="paper", steps=10, scale=1e-4, seed=0)
+    purifier = Purifier(net, **settings)
+    first = purifier(x)
+    (fast,) = purifier._fast_cache.values()
+    ((_, graphed),) = fast._cache.values()
+    assert graphed is not None
+    second = purifier(x)
+    assert next(iter(fast._cache.values()))[1] is graphed  # replayed, not captured again
+    eager = purify(x, net, fast=False, **settings)
+    assert first.device.type == "cuda"
+    # Images in [0, 1]; the differences come only from cuDNN's nondeterministic data-gradient kernels (above).
+    assert (first - second).abs().max() <= 1e-4 and (first - eager).abs().max() <= 1e-4

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one run sized for a short device lease (issues 5 and 6).
+#
+# Run from the repository root on a CUDA machine:  bash scripts/device_check.sh
+# Results go to $OUT (default ./device-out): log.txt (all output), purify.jsonl (one JSON row per
+# end-to-end bench), ops_bench.json (pytest-benchmark JSON of the op benches), junit_*.xml (GPU tests).
+# Steps run in order of importance, each under `timeout`, and a step is skipped when less time is left than
+# it needs, so the script ends by itself within BUDGET_S seconds (default 520) and leaves whatever it measured.
+# The fixtures must be reachable: ../shared beside the checkout, or MIMICFAST_SHARED, or a copy in ./.shared
+# (what the device tool carries; see benches/README.md).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/device-out}
+mkdir -p "$OUT"
+END=$(($(date +%s) + ${BUDGET_S:-520}))
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+if [ -z "${MIMICFAST_SHARED:-}" ] && [ ! -d ../shared ] && [ -d .shared ]; then
+    export MIMICFAST_SHARED=$PWD/.shared
+fi
+exec > >(tee -a "$OUT/log.txt") 2>&1
+
+# step NAME NEEDED_S CMD...: run CMD under the time that is left, unless less than NEEDED_S is left.
+step() {
+    local name=$1 needed=$2 left rc
+    shift 2
+    left=$((END - $(date +%s)))
+    if [ "$left" -lt "$needed" ]; then
+        echo "=== $name: SKIPPED ($left s left, needs about $needed s)"
+        return 0
+    fi
+    echo "=== $name ($(date -u +%H:%M:%S), $left s left): $*"
+    SECONDS=0
+    timeout --kill-after=10 $((left - 5)) "$@"
+    rc=$?
+    echo "=== $name: exit $rc after $SECONDS s"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+python3 -c "import sys, torch, triton; print(sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)"
+echo "fixtures: ${MIMICFAST_SHARED:-../shared}"
+
+# 1. Build mimicfast._C (C++ and sm_90 CUDA kernels) against this machine's torch; Triton needs no build.
+step build 60 env MIMICFAST_BUILD_CUDA=1 MAX_JOBS=16 CMAKE_BUILD_PARALLEL_LEVEL=16 \
+    python3 -m pip install -q --no-build-isolation --no-deps --no-index -e .
+python3 -c "import mimicfast; print(mimicfast.backends())"
+
+# 2. Correctness on the GPU first: the fast path (graph replay == eager, noise, no host sync, vs float64
+#    Algorithm 1, bf16 accuracy of the bundled model at N = 256), then every op backend against the reference.
+step tests-fast-path 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/sampling/test_fast_path.py \
+    --junitxml="$OUT/junit_fast_path.xml"
+step tests-ops 60 python3 -m pytest -q -p no:cacheprovider tests/ops --junitxml="$OUT/junit_ops.xml"
+
+# 3. End-to-end benches, bf16 (the default policy), all issue-6 configurations, per-kind replay timing.
+export MIMICFAST_BENCH_OUT=$OUT/purify.jsonl
+BENCH=(python3 -m pytest -q -p no:cacheprovider -s benches/bench_purify.py --benchmark-disable-gc -k)
+step purify-bf16 90 env MIMICFAST_BENCH_FAST_STEPS=20 "${BENCH[@]}" "gpu and bf16"
+# 4. Two configurations timed over the whole loop too, to check the per-kind extrapolation.
+step purify-full-loop-check 60 env MIMICFAST_BENCH_FAST_STEPS=full "${BENCH[@]}" "gpu and gd256-b1 and bf16"
+step purify-full-loop-cifar 30 env MIMICFAST_BENCH_FAST_STEPS=full "${BENCH[@]}" "gpu and edm-cifar10-b256 and bf16"
+# 5. Policy variants at ImageNet batch 8: precision, layout, graphs per step vs 8 steps per graph.
+step purify-variants 90 env MIMICFAST_BENCH_FAST_STEPS=20 MIMICFAST_BENCH_VARIANTS=fp16,fp32,bf16-nhwc,bf16-chunk8 \
+    "${BENCH[@]}" "gpu and gd256-b8"
+# 6. Op benches (issue 5): every provider but torch.compile, then compile last (minutes of compilation).
+step op-benches 60 env MIMICFAST_BENCH_COMPILE=none python3 -m pytest -q -p no:cacheprovider \
+    benches/bench_l1_residual.py benches/bench_bicubic_up4.py --benchmark-json="$OUT/ops_bench.json"
+step purify-compile 150 env MIMICFAST_BENCH_FAST_STEPS=20 MIMICFAST_BENCH_VARIANTS=bf16-compile \
+    "${BENCH[@]}" "gpu and gd256-b8"
+echo "=== done at $(date -u +%H:%M:%S); results in $OUT"
