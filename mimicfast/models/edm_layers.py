@@ -217,10 +217,13 @@ class UNetBlock(nn.Module):
 
         if self.num_heads:
             n, c = x.shape[:2]
-            qkv = self.qkv(self.norm2(x)).reshape(n * self.num_heads, c // self.num_heads, 3, -1)
-            q, k, v = qkv.unbind(2)
+            # EDM's qkv channels are (head, ch, qkv). Laid out as [N, heads, T, 3, ch] with one copy, q, k, v
+            # are 4-d with the channel dimension at stride 1, as the fused attention kernels require (for
+            # transposed views sdpa falls back to the math kernel and materialises the [T, T] scores).
+            qkv = self.qkv(self.norm2(x)).reshape(n, self.num_heads, c // self.num_heads, 3, -1)
+            q, k, v = qkv.permute(0, 1, 4, 3, 2).contiguous().unbind(3)
             # softmax(q^T k / sqrt(C)) v as one fused kernel; EDM's einsum form computes the same function.
-            a = F.scaled_dot_product_attention(q.mT, k.mT, v.mT).mT
+            a = F.scaled_dot_product_attention(q, k, v).transpose(-1, -2)
             x = (self.proj(a.reshape(x.shape)) + x) * self.skip_scale
         return x
 

@@ -216,13 +216,16 @@ class AttentionBlock(nn.Module):
         x = x.reshape(b, c, -1)
         length = x.shape[-1]
         heads, ch = self.num_heads, c // self.num_heads
-        qkv = self.qkv(self.norm(x))
-        if self.new_order:
-            qkv = qkv.reshape(b, 3, heads, ch, length).transpose(0, 1)
-        else:
-            qkv = qkv.reshape(b, heads, 3, ch, length).transpose(0, 2).transpose(1, 2)
-        # qkv: [3, B, heads, ch, T]; sdpa wants [B, heads, T, ch] and scales logits by 1/sqrt(ch).
-        q, k, v = (t.transpose(-1, -2) for t in qkv.unbind(0))
+        # [B, T, 3C], one copy: the fused attention kernels (flash, memory-efficient, cuDNN) need the head
+        # dimension at stride 1; with q, k, v as transposed views of [B, 3C, T] sdpa falls back to the math
+        # kernel, which materialises [B, heads, T, T] scores.
+        qkv = self.qkv(self.norm(x)).transpose(1, 2).contiguous()
+        if self.new_order:  # channels of qkv: (qkv, head, ch)
+            qkv = qkv.reshape(b, length, 3, heads, ch).permute(2, 0, 3, 1, 4)
+        else:  # channels of qkv: (head, qkv, ch)
+            qkv = qkv.reshape(b, length, heads, 3, ch).permute(3, 0, 2, 1, 4)
+        # q, k, v: [B, heads, T, ch]; sdpa scales logits by 1/sqrt(ch).
+        q, k, v = qkv.unbind(0)
         a = F.scaled_dot_product_attention(q, k, v)
         a = a.transpose(-1, -2).reshape(b, c, length)
         return (x + self.proj_out(a)).reshape(b, c, *spatial)

@@ -111,6 +111,21 @@ def test_unet_block_two_heads(parity_dir):
     assert err64 <= F64_ATOL and err32 <= F32_ATOL
 
 
+def test_unet_block_attention_runs_the_fused_kernel():
+    """q, k, v reach sdpa 4-d with the channel dimension at stride 1, so a fused kernel (flash) can run; with
+    transposed views only the math kernel can (forced here, on the CPU)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    block = randomize_weights(UNetBlock(32, 32, 16, attention=True, channels_per_head=8), seed=1).eval()
+    assert block.num_heads == 4
+    x, emb = torch.randn(2, 32, 4, 4), torch.randn(2, 16)
+    with torch.no_grad():
+        expected = block(x, emb)
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            fused = block(x, emb)
+    assert (fused - expected).abs().max().item() <= 1e-5
+
+
 @pytest.mark.parametrize("keys_file", ["edm_songunet_ddpmpp_cifar10_full_keys.json",
                                        "edm_dhariwalunet_adm_imagenet64_full_keys.json"])
 def test_full_config_keys_and_shapes(parity_dir, keys_file):

@@ -163,6 +163,21 @@ def test_attention_block_matches_reference_formula(new_order, heads_kw):
     assert (ours - ref.reshape(x.shape)).abs().max().item() <= 1e-12
 
 
+@pytest.mark.parametrize("new_order", [False, True])
+def test_attention_block_runs_the_fused_kernel(new_order):
+    """q, k, v reach sdpa 4-d with the head dimension at stride 1, so a fused kernel (flash) can run; with
+    transposed views only the math kernel can, which materialises the [T, T] scores (forced here, on the CPU)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    block = randomize_weights(AttentionBlock(64, use_new_attention_order=new_order, num_head_channels=16), seed=2)
+    x = torch.randn(2, 64, 4, 6)
+    with torch.no_grad():
+        expected = block(x)
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            fused = block(x)
+    assert (fused - expected).abs().max().item() <= 1e-5
+
+
 def test_new_attention_order_is_a_qkv_permutation():
     """A new-order model equals a legacy model whose qkv rows are reordered (head,qkv,ch) -> (qkv,head,ch)."""
     legacy = randomize_weights(guided_diffusion_unet(**TINY).double(), seed=3)
