@@ -119,7 +119,9 @@ class PrecisionDenoiser(Denoiser):
     def denoise_with_variance(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.autocast is None:
             return self._call(x, sigma)
-        with torch.autocast(x.device.type, dtype=self.autocast):
+        # No cast cache: a cached cast made during CUDA-graph capture would live in the graph's pool past the
+        # context that owns it (torch's advice for graphed autocast); the matrices are pre-cast anyway.
+        with torch.autocast(x.device.type, dtype=self.autocast, cache_enabled=False):
             return self._call(x, sigma)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
