@@ -226,12 +226,14 @@ class Purifier(nn.Module):
         self.autocast = autocast
         self._fast_cache: dict = {}  # captured CUDA graphs are reused across forward calls
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seed: int | Sequence[int] | None = None) -> torch.Tensor:
+        """Purify ``x`` [B, C, H, W] in [0, 1]; ``seed`` overrides the module's seed for this call (e.g. one EOT
+        draw of an attack), reusing the captured CUDA graphs of earlier calls."""
         return _purify_images(
             x,
             self.denoiser,
             self.preset,
-            self.seed,
+            self.seed if seed is None else seed,
             batch_size=self.batch_size,
             device=None,
             progress=self.progress,

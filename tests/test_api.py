@@ -68,6 +68,13 @@ def test_purifier_in_sequential(net, x) -> None:
     assert "paper" in repr(model)
 
 
+def test_purifier_seed_per_call(net, x) -> None:
+    """``Purifier(...)(x, seed=s)`` equals ``purify(x, seed=s)`` and leaves the module's own seed in place."""
+    purifier = mimicfast.Purifier(net, seed=5, fast=True, **KW)
+    torch.testing.assert_close(purifier(x, seed=9), mimicfast.purify(x, net, seed=9, **KW), rtol=0, atol=0)
+    torch.testing.assert_close(purifier(x), mimicfast.purify(x, net, seed=5, **KW), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     ("bad", "match"),
     [

@@ -28,11 +28,17 @@ _SEED_STRIDE = 100_003
 
 
 def purifier_fn(model, **purify_kwargs) -> Callable[[torch.Tensor, int], torch.Tensor]:
-    """``(x, seed) -> mimicfast.purify(x, model, seed=seed, **purify_kwargs)``; e.g. ``preset``, ``steps``."""
-    from mimicfast.api import purify
+    """``(x, seed) -> mimicfast.purify(x, model, seed=seed, **purify_kwargs)``; e.g. ``preset``, ``steps``.
+
+    One :class:`mimicfast.Purifier` serves every call, so on CUDA the attack's many calls replay the graphs
+    captured (and use the batch size measured) by the first instead of capturing anew each time.
+    """
+    from mimicfast.api import Purifier
+
+    purifier = Purifier(model, **purify_kwargs)
 
     def run(x: torch.Tensor, seed: int) -> torch.Tensor:
-        return purify(x, model, seed=seed, **purify_kwargs)
+        return purifier(x, seed=seed)
 
     return run
 
