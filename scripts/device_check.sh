@@ -53,16 +53,16 @@ step tests-ops 60 python3 -m pytest -q -p no:cacheprovider tests/ops --junitxml=
 # 3. End-to-end benches, bf16 (the default policy), all issue-6 configurations, per-kind replay timing.
 export MIMICFAST_BENCH_OUT=$OUT/purify.jsonl
 BENCH=(python3 -m pytest -q -p no:cacheprovider -s benches/bench_purify.py --benchmark-disable-gc -k)
-step purify-bf16 90 env MIMICFAST_BENCH_FAST_STEPS=20 "${BENCH[@]}" "gpu and bf16"
+step purify-bf16 90 env MIMICFAST_BENCH_FAST_STEPS=10 "${BENCH[@]}" "gpu and bf16"
 # 4. Two configurations timed over the whole loop too, to check the per-kind extrapolation.
 step purify-full-loop-check 60 env MIMICFAST_BENCH_FAST_STEPS=full "${BENCH[@]}" "gpu and gd256-b1 and bf16"
 step purify-full-loop-cifar 30 env MIMICFAST_BENCH_FAST_STEPS=full "${BENCH[@]}" "gpu and edm-cifar10-b256 and bf16"
 # 5. Policy variants at ImageNet batch 8: precision, layout, graphs per step vs 8 steps per graph.
-step purify-variants 90 env MIMICFAST_BENCH_FAST_STEPS=20 MIMICFAST_BENCH_VARIANTS=fp16,fp32,bf16-nhwc,bf16-chunk8 \
+step purify-variants 90 env MIMICFAST_BENCH_FAST_STEPS=10 MIMICFAST_BENCH_VARIANTS=fp16,fp32,bf16-nhwc,bf16-chunk8 \
     "${BENCH[@]}" "gpu and gd256-b8"
 # 6. Op benches (issue 5): every provider but torch.compile, then compile last (minutes of compilation).
 step op-benches 60 env MIMICFAST_BENCH_COMPILE=none python3 -m pytest -q -p no:cacheprovider \
     benches/bench_l1_residual.py benches/bench_bicubic_up4.py --benchmark-json="$OUT/ops_bench.json"
-step purify-compile 150 env MIMICFAST_BENCH_FAST_STEPS=20 MIMICFAST_BENCH_VARIANTS=bf16-compile \
+step purify-compile 150 env MIMICFAST_BENCH_FAST_STEPS=10 MIMICFAST_BENCH_VARIANTS=bf16-compile \
     "${BENCH[@]}" "gpu and gd256-b8"
 echo "=== done at $(date -u +%H:%M:%S); results in $OUT"
