@@ -176,23 +176,9 @@ def _eager_seconds(config: str, batch: int, denoiser, preset, y, seeds) -> tuple
     return result
 
 
-def _step_range(bounds: list[int], kinds: list[bool], guided: bool, k: int) -> tuple[int, int]:
-    """The first ``[start, stop)`` of consecutive ``guided``-kind steps, piece-aligned, about ``k`` steps long."""
-    for i, start in enumerate(bounds[:-1]):
-        if kinds[start] != guided:
-            continue
-        stop = bounds[i + 1]
-        for b in bounds[i + 2 :]:
-            if b - start > k or not all(kind == guided for kind in kinds[stop:b]):
-                break
-            stop = b
-        return start, stop
-    raise ValueError(f"the loop has no {'guided' if guided else 'unguided'} step")
-
-
 def _time_steps(loop, graphed, guided: bool, k: int, y, seeds, rounds: int = 3) -> tuple[float, int]:
     """(median seconds per step, steps timed) of replaying ~k consecutive steps of one kind (CUDA events)."""
-    start, stop = _step_range(graphed.boundaries(), loop.kinds, guided, k)
+    start, stop = graphed.kind_span(guided, k)
     times = []
     for r in range(rounds + 1):  # round 0 warms up
         loop.reset(y, seeds)

@@ -98,6 +98,21 @@ class GraphedLoop:
             out.append(out[-1] + length)
         return out
 
+    def kind_span(self, guided: bool, steps: int) -> tuple[int, int]:
+        """``(start, stop)``: the first piece-aligned run of consecutive steps of one kind, at most ``steps`` long
+        (but at least one piece), e.g. to time that kind with :meth:`run`."""
+        kinds, bounds = self.loop.kinds, self.boundaries()
+        for i, start in enumerate(bounds[:-1]):
+            if kinds[start] != guided:
+                continue
+            stop = bounds[i + 1]
+            for bound in bounds[i + 2 :]:
+                if bound - start > steps or not all(kind == guided for kind in kinds[stop:bound]):
+                    break
+                stop = bound
+            return start, stop
+        raise InputError(f"the loop has no {'guided' if guided else 'unguided'} step")
+
     def run(self, progress: bool = False, *, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Replay steps ``[start, stop)`` of the loop (default: all of it); returns ``loop.x`` (the buffer, not a copy).
 

@@ -326,6 +326,11 @@ def test_graphed_run_replays_the_pieces_of_a_range() -> None:
     replayed.clear()
     graphed.run(start=bounds[2], stop=bounds[4])
     assert replayed == graphed.plan[2:4] and int(loop.idx) == bounds[4]
+    for guided in (False, True):  # chunk 4: the first run of each kind, cut at a piece boundary
+        start, stop = graphed.kind_span(guided, 10)
+        assert start in bounds and stop in bounds and 0 < stop - start <= 10
+        assert loop.kinds[start:stop] == [guided] * (stop - start) and loop.kinds.index(guided) == start
+    assert graphed.kind_span(True, 1) == (loop.kinds.index(True), loop.kinds.index(True) + 4)  # one whole piece
     not_a_boundary = next(i for i in range(loop.steps) if i not in bounds)
     for start, stop in ((not_a_boundary, None), (0, not_a_boundary), (bounds[3], bounds[1])):
         with pytest.raises(InputError, match="boundaries"):
