@@ -176,8 +176,10 @@ def test_loop_steps_never_read_tensor_values_on_the_host(case: str) -> None:
         loop.x.sum().item()  # the detector detects
 
 
-def test_gd_unet_steps_never_read_tensor_values_on_the_host(gd_small) -> None:
-    loop = FastLoop(as_denoiser(gd_small), get_preset("paper").replace(steps=3), (1, 3, 32, 32), device="cpu")
+@pytest.mark.parametrize("policy", [{}, dict(autocast="bf16", channels_last=True)], ids=["fp32", "bf16-nhwc"])
+def test_gd_unet_steps_never_read_tensor_values_on_the_host(gd_small, policy) -> None:
+    denoiser = apply_policy(as_denoiser(gd_small), **policy)
+    loop = FastLoop(denoiser, get_preset("paper").replace(steps=3), (1, 3, 32, 32), device="cpu")
     loop.reset(_y(1, torch.float32, size=32), [0])
     with _NoHostSync():
         loop.step(False)
