@@ -186,6 +186,19 @@ def test_gd_unet_steps_never_read_tensor_values_on_the_host(gd_small, policy) ->
         loop.step(True)
 
 
+@pytest.mark.parametrize("precond", ["EDMPrecond", "VPPrecond"])
+def test_edm_steps_never_read_tensor_values_on_the_host(precond: str) -> None:
+    """The CIFAR-10 bench's network family (SongUNet with attention) under the graph-capture constraint."""
+    from tests.models._edm_util import tiny_edm
+
+    denoiser = as_denoiser(tiny_edm(precond_class=precond).eval())
+    loop = FastLoop(denoiser, get_preset("paper").replace(steps=3), (2, 3, 8, 8), device="cpu")
+    loop.reset(_y(2, torch.float32), [0, 1])
+    with _NoHostSync():
+        loop.step(False)
+        loop.step(True)
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
 def test_segments_cover_the_loop(chunk: int) -> None:
     kinds = window_mask(100, (0.2, 0.5)) + [True, False, True]  # runs of 50, 31, 19, then single steps
