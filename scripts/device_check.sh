@@ -66,3 +66,29 @@ step op-benches 60 env MIMICFAST_BENCH_COMPILE=none python3 -m pytest -q -p no:c
 step purify-compile 150 env MIMICFAST_BENCH_FAST_STEPS=10 MIMICFAST_BENCH_VARIANTS=bf16-compile \
     "${BENCH[@]}" "gpu and gd256-b8"
 echo "=== done at $(date -u +%H:%M:%S); results in $OUT"
+
+# The short table last: what the tool's reply shows first is the end of the output.
+python3 - "$OUT" <<'PY'
+import json, sys, xml.etree.ElementTree as ET
+from pathlib import Path
+
+out = Path(sys.argv[1])
+for xml in sorted(out.glob("junit_*.xml")):
+    s = ET.parse(xml).getroot()
+    s = s if s.tag == "testsuite" else s[0]
+    print(f"{xml.name}: {s.get('tests')} tests, {s.get('failures')} failures, {s.get('errors')} errors, "
+          f"{s.get('skipped')} skipped")
+rows = [json.loads(line) for line in (out / "purify.jsonl").read_text().splitlines()] if (out / "purify.jsonl").exists() else []
+print(f"{'config':12} {'b':>4} {'variant':12} {'s/img':>9} {'img/s':>8} {'eager s/img':>11} {'x eager':>8} "
+      f"{'floor':>6} {'x156s':>6} {'GiB':>6}  fast_method")
+for r in rows:
+    if "s_per_image" not in r:
+        print(f"{r['config']:12} {r['batch']:>4} {r['variant']:12} {r.get('result')} (auto batch {r.get('auto_batch_size')})")
+        continue
+    def f(key, spec, width):
+        return ("-" if r.get(key) is None else format(r[key], spec)).rjust(width)
+
+    print(f"{r['config']:12} {r['batch']:>4} {r['variant']:12} {r['s_per_image']:9.4g} {r['images_per_s']:8.4g} "
+          f"{f('eager_s_per_image', '.4g', 11)} {f('speedup_vs_eager', '.3g', 8)} {f('floor_fraction', '.1%', 6)} "
+          f"{f('x_paper_156s', '.3g', 6)} {f('peak_mem_gib', '.3g', 6)}  {r.get('fast_method', '')}")
+PY
