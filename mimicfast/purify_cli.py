@@ -33,6 +33,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="images per sampler call (default: 8)")
+    p.add_argument(
+        "--autocast",
+        choices=["bf16", "fp16"],
+        default=None,
+        help="run the network in this precision on the fast path, CPU or CUDA (default: the model's, exact)",
+    )
     fit = p.add_mutually_exclusive_group()
     fit.add_argument("--resize", action="store_true", help="resize and center-crop pictures to the model's size")
     fit.add_argument(
@@ -48,13 +54,13 @@ def _output_paths(out: Path, names: list[str]) -> list[Path]:
 def _chunk_key(args: argparse.Namespace, chunk: torch.Tensor, start: int) -> str:
     """Identifies a finished chunk: same pixels, model, settings and seeds give the same key."""
     digest = hashlib.sha256(chunk.numpy().tobytes())
-    settings = (args.checkpoint.resolve(), args.config, args.preset, args.steps, args.seed + start)
+    settings = (args.checkpoint.resolve(), args.config, args.preset, args.steps, args.seed + start, args.autocast)
     digest.update(repr(settings).encode())
     return digest.hexdigest()[:24]
 
 
 def run(args: argparse.Namespace) -> int:
-    from mimicfast.api import purify
+    from mimicfast.api import Purifier
     from mimicfast.io import read_inputs, write_png
     from mimicfast.models import load
     from mimicfast.sampling import as_denoiser
@@ -75,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
     partial = args.out / PARTIAL
     partial.mkdir(parents=True, exist_ok=True)
     denoiser = denoiser.to(args.device)
+    # One Purifier for all chunks: on CUDA its captured graphs and measured memory serve every chunk.
+    fast = True if args.autocast else None  # autocast lives on the fast path, which the CPU runs without graphs
+    purifier = Purifier(
+        denoiser, preset=args.preset, steps=args.steps, progress=True, fast=fast, autocast=args.autocast
+    )
     results = []
     starts = range(0, len(names), args.batch_size)
     for start in tqdm(starts, desc="batches", unit="batch"):
@@ -84,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             out = torch.load(chunk_file, map_location="cpu", weights_only=True)
         else:
             seeds = list(range(args.seed + start, args.seed + stop))
-            out = purify(images[start:stop], denoiser, preset=args.preset, steps=args.steps, seed=seeds, progress=True)
+            out = purifier(images[start:stop], seed=seeds)
             torch.save(out.cpu(), chunk_file)
         for image, path in zip(out, outputs[start:stop], strict=True):
             write_png(image, path)

@@ -45,6 +45,15 @@ def test_purify_png_and_npy(checkpoint, image, tmp_path, capsys) -> None:
     assert image.read_bytes() == before
 
 
+def test_autocast_bf16_on_the_cpu(checkpoint, image, tmp_path) -> None:
+    """--autocast bf16 runs the fast path on the CPU too: close to the exact run, never taken from its chunks."""
+    argv = ["purify", str(image), "--checkpoint", str(checkpoint), *ARGS]
+    assert main([*argv, "-o", str(tmp_path / "exact")]) == 0
+    assert main([*argv, "-o", str(tmp_path / "bf16"), "--autocast", "bf16"]) == 0
+    exact, bf16 = (torch.load(tmp_path / d / "purified.pt", weights_only=True)["images"] for d in ("exact", "bf16"))
+    assert not torch.equal(exact, bf16) and (exact - bf16).abs().mean() < 0.02, (exact - bf16).abs().mean()
+
+
 def test_interrupted_run_resumes(checkpoint, image, tmp_path, monkeypatch) -> None:
     """An interrupted run leaves its finished chunks; the rerun purifies only the rest, with the same seeds."""
     import mimicfast.api
@@ -52,22 +61,22 @@ def test_interrupted_run_resumes(checkpoint, image, tmp_path, monkeypatch) -> No
     batch = tmp_path / "in" / "batch.npy"
     np.save(batch, np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32))
     argv = ["purify", str(image), str(batch), "--checkpoint", str(checkpoint), "--batch-size", "1", *ARGS]
-    real_purify, calls, interrupt = mimicfast.api.purify, [], [True]
+    real_forward, calls, interrupt = mimicfast.api.Purifier.forward, [], [True]
 
-    def flaky_purify(*args, **kwargs):
-        calls.append(kwargs["seed"])
+    def flaky_forward(self, x, seed=None):
+        calls.append(seed)
         if interrupt[0] and len(calls) == 2:
             raise KeyboardInterrupt
-        return real_purify(*args, **kwargs)
+        return real_forward(self, x, seed)
 
-    monkeypatch.setattr(mimicfast.api, "purify", flaky_purify)
+    monkeypatch.setattr(mimicfast.api.Purifier, "forward", flaky_forward)
     assert main([*argv, "-o", str(tmp_path / "out")]) == 130
     assert not (tmp_path / "out" / "purified.pt").exists()
     calls.clear()
     interrupt[0] = False
     assert main([*argv, "-o", str(tmp_path / "out")]) == 0
     assert calls == [[1], [2]]  # chunk 0 (seed 0) was not recomputed
-    monkeypatch.setattr(mimicfast.api, "purify", real_purify)
+    monkeypatch.setattr(mimicfast.api.Purifier, "forward", real_forward)
     assert main([*argv, "-o", str(tmp_path / "fresh")]) == 0
     resumed = torch.load(tmp_path / "out" / "purified.pt", weights_only=True)["images"]
     torch.testing.assert_close(resumed, torch.load(tmp_path / "fresh" / "purified.pt", weights_only=True)["images"])
