@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from mimicfast.api import purify
-from mimicfast.attacks import bpda_eot, pgd_linf, purifier_fn
+from mimicfast.api import Purifier
+from mimicfast.attacks import bpda_eot, pgd_linf
 from mimicfast.presets import Preset, get_preset
 
 
@@ -63,19 +63,15 @@ def defended(model: nn.Module, classifier: nn.Module, x: torch.Tensor, y: torch.
     ``bpda=False`` skips the (expensive) adaptive attack. The second value maps ``"purified"``,
     ``"purified_pgd"``, ``"x_bpda"``, ``"purified_bpda"`` to image batches.
     """
-    p = get_preset(preset).replace(steps=steps)
-
-    def run(images: torch.Tensor) -> torch.Tensor:
-        return purify(images, model, preset=p, seed=attack.seed, progress=progress)
-
-    images = {"purified": run(x), "purified_pgd": run(x_pgd)}
+    # One Purifier for the defense and the attack's draws: on CUDA its graphs are captured once.
+    defense = Purifier(model, preset=get_preset(preset).replace(steps=steps), seed=attack.seed, progress=progress)
+    images = {"purified": defense(x), "purified_pgd": defense(x_pgd)}
     acc = {"standard": accuracy(classifier, images["purified"], y),
            "pgd": accuracy(classifier, images["purified_pgd"], y)}
     if bpda:
-        attack_purifier = purifier_fn(model, preset=p)
-        images["x_bpda"] = bpda_eot(classifier, attack_purifier, x, y, attack.eps, attack.bpda_steps,
-                                    eot=attack.eot, seed=attack.seed, progress=progress)
-        images["purified_bpda"] = run(images["x_bpda"])
+        images["x_bpda"] = bpda_eot(classifier, lambda u, seed: defense(u, seed=seed), x, y, attack.eps,
+                                    attack.bpda_steps, eot=attack.eot, seed=attack.seed, progress=progress)
+        images["purified_bpda"] = defense(images["x_bpda"])
         acc["bpda_eot"] = accuracy(classifier, images["purified_bpda"], y)
     return acc, images
 
