@@ -31,8 +31,8 @@ per run on one idle core; 85 s for the whole bench on the shared, loaded 2-core 
 fast path is the same arithmetic with no graphs (outputs asserted bit-identical), so its ratio is about 1x.
 
 Run: ``pytest benches/bench_purify.py -s`` (``-s`` shows the table lines). Environment:
-``MIMICFAST_BENCH_VARIANTS`` (comma list of bf16, bf16-nhwc, fp16, fp32, bf16-chunk8, bf16-compile; default
-bf16), ``MIMICFAST_BENCH_OUT`` (append each row as JSON to this file).
+``MIMICFAST_BENCH_VARIANTS`` (comma list of bf16, bf16-nhwc, fp16, fp32, bf16-chunk8, bf16-compile,
+bf16-plainvjp; default bf16), ``MIMICFAST_BENCH_OUT`` (append each row as JSON to this file).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class Variant:
     channels_last: bool = False
     chunk: int = 1
     compile: bool = False
+    input_only_vjp: bool | None = None
 
 
 VARIANTS = {
@@ -76,6 +77,7 @@ VARIANTS = {
     "fp32": Variant(None),
     "bf16-chunk8": Variant("bf16", chunk=8),
     "bf16-compile": Variant("bf16", compile=True),
+    "bf16-plainvjp": Variant("bf16", input_only_vjp=False),
 }
 GPU_CASES = [("gd256", 1), ("gd256", 8), ("gd256", 32), ("edm-cifar10", 1), ("edm-cifar10", 256)]
 
@@ -220,7 +222,7 @@ def test_purify_gpu(benchmark, matmul_peak: float, config: str, batch: int, vari
 
     purifier = FastPurifier(
         denoiser, preset, autocast=var.autocast, channels_last=var.channels_last, compile=var.compile,
-        graphs=True, chunk=var.chunk,
+        graphs=True, chunk=var.chunk, input_only_vjp=var.input_only_vjp,
     )  # fmt: skip
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -230,7 +232,7 @@ def test_purify_gpu(benchmark, matmul_peak: float, config: str, batch: int, vari
         purifier.clear()
         torch.cuda.empty_cache()
         fits = auto_batch_size(denoiser, preset, cfg["shape"], device="cuda", autocast=var.autocast,
-                               channels_last=var.channels_last)  # fmt: skip
+                               channels_last=var.channels_last, input_only_vjp=purifier.input_only_vjp)  # fmt: skip
         _report(dict(config=config, variant=variant, batch=batch, result="out of memory", auto_batch_size=fits))
         pytest.skip(f"out of memory at batch {batch}; auto_batch_size says {fits} fit")
     sampled = os.environ.get("MIMICFAST_BENCH_FAST_STEPS", "full")

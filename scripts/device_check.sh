@@ -57,8 +57,8 @@ step purify-bf16 90 env MIMICFAST_BENCH_FAST_STEPS=10 "${BENCH[@]}" "gpu and bf1
 # 4. Two configurations timed over the whole loop too, to check the per-kind extrapolation.
 step purify-full-loop-check 60 env MIMICFAST_BENCH_FAST_STEPS=full "${BENCH[@]}" "gpu and gd256-b1 and bf16"
 step purify-full-loop-cifar 30 env MIMICFAST_BENCH_FAST_STEPS=full "${BENCH[@]}" "gpu and edm-cifar10-b256 and bf16"
-# 5. Policy variants at ImageNet batch 8: precision, layout, graphs per step vs 8 steps per graph.
-step purify-variants 90 env MIMICFAST_BENCH_FAST_STEPS=10 MIMICFAST_BENCH_VARIANTS=fp16,fp32,bf16-nhwc,bf16-chunk8 \
+# 5. Policy variants at ImageNet batch 8: precision, layout, graphs per step vs 8 per graph, plain autograd VJP.
+step purify-variants 90 env MIMICFAST_BENCH_FAST_STEPS=10 MIMICFAST_BENCH_VARIANTS=fp16,fp32,bf16-nhwc,bf16-chunk8,bf16-plainvjp \
     "${BENCH[@]}" "gpu and gd256-b8"
 # 6. Op benches (issue 5): every provider but torch.compile, then compile last (minutes of compilation).
 step op-benches 60 env MIMICFAST_BENCH_COMPILE=none python3 -m pytest -q -p no:cacheprovider \

@@ -4,12 +4,14 @@
     >>> x0 = purify_batch_fast(denoiser, y, preset, seeds, autocast="bf16")   # graphs on CUDA by default
 
 Modules: :mod:`~mimicfast.fast.loop` (the in-place, graph-capturable step shared by the eager and the graphed
-path), :mod:`~mimicfast.fast.graphed` (capture and replay), :mod:`~mimicfast.fast.precision` (autocast,
+path), :mod:`~mimicfast.fast.graphed` (capture and replay), :mod:`~mimicfast.fast.input_vjp` (VJPs that keep no
+convolution inputs), :mod:`~mimicfast.fast.precision` (autocast,
 channels_last, ``torch.compile``), :mod:`~mimicfast.fast.memory` (batch size from free memory),
 :mod:`~mimicfast.fast.purify` (entry points). Importing this package does not initialise CUDA.
 """
 
 from mimicfast.fast.graphed import GraphedLoop
+from mimicfast.fast.input_vjp import input_only_vjp
 from mimicfast.fast.loop import FastLoop, segments
 from mimicfast.fast.memory import Footprint, auto_batch_size, batch_from_budget, measure_footprint
 from mimicfast.fast.precision import PrecisionDenoiser, apply_policy, resolve_autocast
@@ -24,6 +26,7 @@ __all__ = [
     "apply_policy",
     "auto_batch_size",
     "batch_from_budget",
+    "input_only_vjp",
     "measure_footprint",
     "purify_batch_fast",
     "resolve_autocast",

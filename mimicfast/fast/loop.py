@@ -22,12 +22,14 @@ do and the graphed path draws the eager path's noise (Philox counters, see ``gra
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from mimicfast.errors import InputError
+from mimicfast.fast.input_vjp import input_only_vjp
 from mimicfast.presets import Preset
 from mimicfast.sampling.ancestral import StepCoefficients, denoise
 from mimicfast.sampling.denoisers import Denoiser
@@ -44,6 +46,8 @@ class FastLoop:
         preset: the method's settings.
         shape: ``[B, C, H, W]`` of the batch.
         device, dtype: where the state lives and its (working) dtype, fp32 or fp64.
+        input_only_vjp: run guided forwards under :class:`mimicfast.fast.input_vjp.input_only_vjp` (frozen
+            convolutions keep no activations for the VJP; same result, about 30% less memory per image).
 
     Attributes:
         x: [B, C, H, W] the current sample in sigma space (after :meth:`reset`: ``x_T / sqrt(abar_T)``).
@@ -61,8 +65,10 @@ class FastLoop:
         *,
         device: torch.device | str,
         dtype: torch.dtype = torch.float32,
+        input_only_vjp: bool = True,
     ) -> None:
         self.denoiser = denoiser
+        self.input_only_vjp = input_only_vjp
         self.preset = preset
         self.shape = tuple(shape)
         self.device = torch.device(device)
@@ -104,7 +110,8 @@ class FastLoop:
         if self.preset.jacobian == "vjp":
             with torch.enable_grad():
                 xg = self.x.detach().requires_grad_(True)
-                x0, v = denoise(self.denoiser, xg, sigma, self.learned)
+                with input_only_vjp() if self.input_only_vjp else contextlib.nullcontext():
+                    x0, v = denoise(self.denoiser, xg, sigma, self.learned)
                 (jtr,) = torch.autograd.grad(x0, xg, g.residual(x0.detach()))
             x0 = x0.detach()
             v = None if v is None else v.detach()

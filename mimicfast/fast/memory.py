@@ -18,6 +18,7 @@ A safety factor (default 0.85) leaves room for fragmentation and for what other 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from mimicfast.errors import InputError
+from mimicfast.fast.input_vjp import input_only_vjp
 from mimicfast.fast.loop import FastLoop
 from mimicfast.fast.precision import apply_policy
 from mimicfast.presets import Preset
@@ -84,11 +86,11 @@ def free_memory(device: torch.device | str) -> int:
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def _cuda_peak(denoiser: Denoiser, preset: Preset, shape: Sequence[int], device, dtype) -> int:
+def _cuda_peak(denoiser: Denoiser, preset: Preset, shape: Sequence[int], device, dtype, input_vjp: bool) -> int:
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    loop = FastLoop(denoiser, preset, shape, device=device, dtype=dtype)
+    loop = FastLoop(denoiser, preset, shape, device=device, dtype=dtype, input_only_vjp=input_vjp)
     loop.reset(torch.zeros(shape, device=device, dtype=dtype), range(shape[0]))
     loop.step(any(loop.kinds))
     torch.cuda.synchronize(device)
@@ -97,7 +99,7 @@ def _cuda_peak(denoiser: Denoiser, preset: Preset, shape: Sequence[int], device,
     return int(peak)
 
 
-def _cpu_peak(denoiser: Denoiser, preset: Preset, shape: Sequence[int], device, dtype) -> int:
+def _cpu_peak(denoiser: Denoiser, preset: Preset, shape: Sequence[int], device, dtype, input_vjp: bool) -> int:
     param_storages = {p.untyped_storage().data_ptr() for p in denoiser.parameters()}
     seen: dict[int, int] = {}
 
@@ -110,7 +112,8 @@ def _cpu_peak(denoiser: Denoiser, preset: Preset, shape: Sequence[int], device, 
     x = torch.randn(shape, device=device, dtype=dtype).requires_grad_(True)
     sigma = torch.ones(shape[0], device=device, dtype=dtype)
     learned = preset.learned_variance and denoiser.learned_variance
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    mode = input_only_vjp() if input_vjp else contextlib.nullcontext()
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode:
         denoise(denoiser, x, sigma, learned)
     state = _STATE_TENSORS * math.prod(shape) * dtype.itemsize
     return sum(seen.values()) + state
@@ -124,6 +127,7 @@ def measure_footprint(
     device: torch.device | str,
     dtype: torch.dtype = torch.float32,
     probe_batches: tuple[int, int] = (1, 3),
+    input_only_vjp: bool = True,
 ) -> Footprint:
     """Fit ``fixed + per_image * B`` through the peaks of two probe batches (see the module docstring).
 
@@ -133,14 +137,15 @@ def measure_footprint(
         image_shape: ``[C, H, W]``.
         device, dtype: where and in which working dtype the purification will run.
         probe_batches: the two batch sizes probed, ascending.
+        input_only_vjp: whether the sampler's guided steps keep no convolution inputs (:class:`FastLoop`).
     """
     b1, b2 = probe_batches
     if not 1 <= b1 < b2:
         raise InputError(f"probe_batches must be two ascending batch sizes >= 1, got {probe_batches}")
     device = torch.device(device)
     peak = _cuda_peak if device.type == "cuda" else _cpu_peak
-    p1 = peak(denoiser, preset, (b1, *image_shape), device, dtype)
-    p2 = peak(denoiser, preset, (b2, *image_shape), device, dtype)
+    p1 = peak(denoiser, preset, (b1, *image_shape), device, dtype, input_only_vjp)
+    p2 = peak(denoiser, preset, (b2, *image_shape), device, dtype, input_only_vjp)
     per_image = max(math.ceil((p2 - p1) / (b2 - b1)), 1)
     return Footprint(fixed_bytes=max(p1 - per_image * b1, 0), per_image_bytes=per_image)
 
@@ -157,6 +162,7 @@ def auto_batch_size(
     n_images: int | None = None,
     safety: float = 0.85,
     budget_bytes: int | None = None,
+    input_only_vjp: bool = True,
 ) -> int:
     """Images per sampler call for the fast path on ``device``: measured footprint vs free memory.
 
@@ -169,11 +175,12 @@ def auto_batch_size(
         n_images: never return more than this (the number of images to purify).
         safety: fraction of the budget to plan for.
         budget_bytes: memory to plan for (default: :func:`free_memory` after the probes).
+        input_only_vjp: the fast path's setting (:class:`FastLoop`; it changes the footprint).
 
     Returns:
         A batch size >= 1.
     """
     wrapped = apply_policy(denoiser, autocast=autocast, channels_last=channels_last)
-    footprint = measure_footprint(wrapped, preset, image_shape, device=device, dtype=dtype)
+    footprint = measure_footprint(wrapped, preset, image_shape, device=device, dtype=dtype, input_only_vjp=input_only_vjp)
     budget = free_memory(device) if budget_bytes is None else budget_bytes
     return batch_from_budget(budget, footprint, safety=safety, max_batch=n_images)

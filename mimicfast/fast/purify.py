@@ -39,6 +39,9 @@ class FastPurifier:
         graphs: capture and replay CUDA graphs; ``None`` = on CUDA devices only.
         chunk: steps per captured graph (1 = one graph per step kind).
         max_cached: batch shapes whose state and graphs are kept.
+        input_only_vjp: guided steps keep no convolution inputs for their VJP (:mod:`mimicfast.fast.input_vjp`;
+            same result, ~30% less memory). ``None`` = on unless ``compile`` (Dynamo and a Python dispatch
+            mode are kept apart).
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class FastPurifier:
         graphs: bool | None = None,
         chunk: int = 1,
         max_cached: int = 2,
+        input_only_vjp: bool | None = None,
     ) -> None:
         if chunk < 1:
             raise InputError(f"chunk must be >= 1, got {chunk}")
@@ -63,6 +67,7 @@ class FastPurifier:
         self.graphs = graphs
         self.chunk = chunk
         self.max_cached = max_cached
+        self.input_only_vjp = not compile if input_only_vjp is None else input_only_vjp
         self._cache: dict[tuple, tuple[FastLoop, GraphedLoop | None]] = {}
         self._batch_sizes: dict[tuple, int] = {}
 
@@ -81,7 +86,9 @@ class FastPurifier:
             return loop, graphed
         while len(self._cache) >= self.max_cached:
             del self._cache[next(iter(self._cache))]
-        loop = FastLoop(self.denoiser, self.preset, y.shape, device=y.device, dtype=y.dtype)
+        loop = FastLoop(
+            self.denoiser, self.preset, y.shape, device=y.device, dtype=y.dtype, input_only_vjp=self.input_only_vjp
+        )
         loop.reset(y, seeds)
         graphed = None
         if self._use_graphs(y.device):
@@ -110,7 +117,9 @@ class FastPurifier:
         """
         key = (tuple(image_shape), torch.device(device), dtype)
         if key not in self._batch_sizes:
-            self._batch_sizes[key] = auto_batch_size(self.denoiser, self.preset, image_shape, device=device, dtype=dtype)
+            self._batch_sizes[key] = auto_batch_size(
+                self.denoiser, self.preset, image_shape, device=device, dtype=dtype, input_only_vjp=self.input_only_vjp
+            )
         return self._batch_sizes[key]
 
     def prepare(self, y: torch.Tensor, seeds: Sequence[int]) -> tuple[FastLoop, GraphedLoop | None]:
