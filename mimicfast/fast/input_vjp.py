@@ -29,15 +29,21 @@ def _expand(value: int | Sequence[int], n: int) -> list[int]:
     return [value] * n if isinstance(value, int) else list(value)
 
 
+def _autocast_cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """What autocast does to a convolution argument: floating tensors other than float64 go to ``dtype``."""
+    if t is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)
+
+
 class _ConvInputVJP(torch.autograd.Function):
     """``F.conv{1,2}d`` with a frozen weight; its backward returns the input gradient only."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
-        if dtype is not None and x.is_floating_point():
-            x, weight = x.to(dtype), weight.to(dtype)
-            bias = None if bias is None else bias.to(dtype)
+        ctx.input_dtype = x.dtype
+        if torch.is_autocast_enabled(x.device.type):
+            x, weight, bias = (_autocast_cast(t, torch.get_autocast_dtype(x.device.type)) for t in (x, weight, bias))
         ctx.save_for_backward(weight)
         ctx.geometry = (x.shape, stride, padding, dilation, groups)
         # The backend picks its memory format from the input's layout too: keep that choice (and so the rounding).
@@ -58,7 +64,7 @@ class _ConvInputVJP(torch.autograd.Function):
             grad, stand_in, weight, None, stride, padding, dilation, False, [0] * len(stride), groups,
             [True, False, False],
         )[0]  # fmt: skip
-        return grad_input, None, None, None, None, None, None
+        return grad_input.to(ctx.input_dtype), None, None, None, None, None, None
 
 
 class input_only_vjp(TorchFunctionMode):  # noqa: N801 - used as a context manager, like torch.no_grad
