@@ -6,7 +6,7 @@ convolution nevertheless saves its input activation, which only the weight gradi
 saves just the weight; its backward computes the input gradient with ``aten.convolution_backward`` on a
 stride-0 stand-in of the input's shape (the same call as :func:`torch.nn.grad.conv2d_input`), so the result is
 the same function, computed by the same kernel (bitwise equal on the CPU, tests/sampling/test_input_vjp.py).
-Saved per image by a guided step, measured on the CPU: ImageNet-256 guided-diffusion UNet 3.38 -> 2.35 GiB under
+Saved per image by a guided step, measured on the CPU: ImageNet-256 guided-diffusion UNet 3.38 -> 2.36 GiB under
 bf16 autocast, 4.62 -> 3.12 GiB in fp32; EDM DDPM++ CIFAR-10 -18% (bf16) and -34% (fp32) (benches/README.md).
 
 Under autocast the arguments are cast to the autocast dtype exactly as autocast casts a convolution's (weight,
