@@ -48,7 +48,7 @@ import pytest
 import torch
 
 from mimicfast.api import purify_batch
-from mimicfast.fast import FastPurifier, auto_batch_size
+from mimicfast.fast import FastPurifier
 from mimicfast.models.random_init import randomize_weights
 from mimicfast.presets import get_preset
 from mimicfast.sampling import as_denoiser, window_mask
@@ -231,8 +231,7 @@ def test_purify_gpu(benchmark, matmul_peak: float, config: str, batch: int, vari
     except torch.cuda.OutOfMemoryError:
         purifier.clear()
         torch.cuda.empty_cache()
-        fits = auto_batch_size(denoiser, preset, cfg["shape"], device="cuda", autocast=var.autocast,
-                               channels_last=var.channels_last, input_only_vjp=purifier.input_only_vjp)  # fmt: skip
+        fits = purifier.batch_size(cfg["shape"], device="cuda")  # this purifier's policy, probed
         _report(dict(config=config, variant=variant, batch=batch, result="out of memory", auto_batch_size=fits))
         pytest.skip(f"out of memory at batch {batch}; auto_batch_size says {fits} fit")
     sampled = os.environ.get("MIMICFAST_BENCH_FAST_STEPS", "full")

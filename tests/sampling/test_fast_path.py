@@ -78,9 +78,10 @@ def test_fast_eager_equals_purify_batch_bitwise(case: str, learn_sigma: bool, dt
     denoiser = as_denoiser(TinyEpsNet(learn_sigma=learn_sigma).to(dtype))
     preset, y, seeds = _preset(case, steps=10), _y(2, dtype), [11, 12]
     expected = purify_batch(denoiser, y, preset, seeds)
-    got = purify_batch_fast(denoiser, y, preset, seeds, graphs=False)
-    assert got.dtype == dtype and got.shape == y.shape
-    assert torch.equal(got, expected), f"max |diff| {(got - expected).abs().max():.3e}"
+    for input_only_vjp in (False, True):
+        got = purify_batch_fast(denoiser, y, preset, seeds, graphs=False, input_only_vjp=input_only_vjp)
+        assert got.dtype == dtype and got.shape == y.shape
+        assert torch.equal(got, expected), f"max |diff| {(got - expected).abs().max():.3e}"
 
 
 def test_fast_eager_equals_purify_batch_gd_unet(gd_small) -> None:
@@ -94,9 +95,10 @@ def test_fast_eager_equals_purify_batch_gd_unet(gd_small) -> None:
     denoiser = as_denoiser(gd_small)
     y, seeds = _y(1, torch.float32, size=32), [3]
     expected = purify_batch(denoiser, y, preset, seeds)
-    got = purify_batch_fast(denoiser, y, preset, seeds, graphs=False)
-    assert torch.isfinite(got).all()
-    assert torch.equal(got, expected), f"max |diff| {(got - expected).abs().max():.3e}"
+    for input_only_vjp in (False, True):  # plain autograd, and frozen convolutions that keep no inputs
+        got = purify_batch_fast(denoiser, y, preset, seeds, graphs=False, input_only_vjp=input_only_vjp)
+        assert torch.isfinite(got).all()
+        assert torch.equal(got, expected), f"max |diff| {(got - expected).abs().max():.3e}"
 
 
 @pytest.mark.parametrize("case", ["paper", "released-vjp"])
@@ -314,6 +316,18 @@ def test_purifier_measures_its_batch_size_once(monkeypatch) -> None:
     assert calls == [purifier.denoiser]  # probed once, with the purifier's own precision wrapper
     purifier.batch_size((3, 16, 16), device="cpu")
     assert len(calls) == 2
+
+
+def test_input_only_vjp_default_follows_the_device() -> None:
+    """On by default where graphs replay it for free (CUDA), off on the CPU and under torch.compile."""
+    denoiser, preset, y = as_denoiser(TinyEpsNet()), _preset("paper"), _y(2, torch.float32)
+    loop, _ = FastPurifier(denoiser, preset).prepare(y, [0, 1])
+    assert loop.input_only_vjp is False
+    loop, _ = FastPurifier(denoiser, preset, input_only_vjp=True).prepare(y, [0, 1])
+    assert loop.input_only_vjp is True
+    cuda = torch.device("cuda")
+    assert FastPurifier(denoiser, preset)._input_only_vjp(cuda)
+    assert not FastPurifier(denoiser, preset, compile="eager")._input_only_vjp(cuda)
 
 
 def test_graphed_run_replays_the_pieces_of_a_range() -> None:
