@@ -4,8 +4,8 @@
     >>> x0 = purify_batch_fast(denoiser, y, preset, seeds, autocast="bf16")   # graphs on CUDA by default
 
 Modules: :mod:`~mimicfast.fast.loop` (the in-place, graph-capturable step shared by the eager and the graphed
-path), :mod:`~mimicfast.fast.graphed` (capture and replay), :mod:`~mimicfast.fast.input_vjp` (VJPs that keep no
-convolution inputs), :mod:`~mimicfast.fast.precision` (autocast,
+path), :mod:`~mimicfast.fast.graphed` (capture and replay), :mod:`~mimicfast.fast.input_vjp` (VJPs that keep only
+what the input gradient needs), :mod:`~mimicfast.fast.precision` (autocast,
 channels_last, ``torch.compile``), :mod:`~mimicfast.fast.memory` (batch size from free memory),
 :mod:`~mimicfast.fast.purify` (entry points). Importing this package does not initialise CUDA.
 """

@@ -1,17 +1,21 @@
-"""Input-only VJPs through frozen convolutions: keep the weight for backward, not the activation.
+"""Input-only VJPs through a frozen network: keep what the input gradient needs, not what weight gradients need.
 
-A guided step needs ``J^T r`` with respect to the network's *input* only; every weight is frozen. Autograd's
-convolution nevertheless saves its input activation, which only the weight gradient reads. Inside
-:func:`input_only_vjp`, a 1-d / 2-d convolution whose input requires grad and whose weight and bias do not
-saves just the weight; its backward computes the input gradient with ``aten.convolution_backward`` on a
-stride-0 stand-in of the input's shape (the same call as :func:`torch.nn.grad.conv2d_input`), so the result is
-the same function, computed by the same kernel (bitwise equal on the CPU, tests/sampling/test_input_vjp.py).
-Saved per image by a guided step, measured on the CPU: ImageNet-256 guided-diffusion UNet 3.38 -> 2.36 GiB under
-bf16 autocast, 4.62 -> 3.12 GiB in fp32; EDM DDPM++ CIFAR-10 -18% (bf16) and -34% (fp32) (benches/README.md).
+A guided step needs ``J^T r`` with respect to the network's *input* only; every weight is frozen. Autograd still
+saves what the weight gradients would read, and under autocast the float32 copies that mixed precision makes.
+Inside :class:`input_only_vjp`:
 
-Under autocast the arguments are cast to the autocast dtype exactly as autocast casts a convolution's (weight,
-input and bias to the lower precision), the convolution runs on them, and the gradient is cast back to the
-input's dtype: what autocast's cast node and the convolution's own backward do, operation for operation.
+* a 1-d / 2-d convolution whose input requires grad and whose weight and bias do not saves just the weight; its
+  backward computes the input gradient with ``aten.convolution_backward`` on a stand-in of the input's shape and
+  layout (stride 0 when contiguous: the same call as :func:`torch.nn.grad.conv2d_input`);
+* guided-diffusion's float32 GroupNorm (:func:`mimicfast.models.guided_diffusion.group_norm32`) of a 16-bit
+  activation saves that activation instead of its float32 copy and casts it again in backward (exact: every
+  16-bit value is a float32 value), then calls ``native_group_norm_backward`` as autograd's formula does.
+
+The results are the same functions computed by the same kernels: bitwise equal on the CPU
+(tests/sampling/test_input_vjp.py). Under autocast, convolution arguments are cast as autocast casts them and the
+input gradient is cast back to the input's dtype, as autocast's cast node does. Saved per image by a guided step
+of the ImageNet-256 guided-diffusion UNet, measured on the CPU: 3.38 -> 1.57 GiB under bf16 autocast, 4.62 ->
+3.12 GiB in fp32; EDM DDPM++ CIFAR-10 -18% (bf16) and -34% (fp32) (benches/README.md).
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch._prims_common import suggest_memory_format
 from torch.overrides import TorchFunctionMode
+
+from mimicfast.models.guided_diffusion import group_norm32
 
 _CONVS = {F.conv1d: 1, F.conv2d: 2}
 
@@ -67,11 +74,57 @@ class _ConvInputVJP(torch.autograd.Function):
         return grad_input.to(ctx.input_dtype), None, None, None, None, None, None
 
 
+def _group_norm_input(xf: torch.Tensor) -> torch.Tensor:
+    """The tensor ``F.group_norm`` hands to ``native_group_norm`` (and autograd saves): ATen's layout rule, the
+    suggested memory format on the CPU, contiguous elsewhere."""
+    if xf.device.type == "cpu":
+        return xf.contiguous(memory_format=suggest_memory_format(xf))
+    return xf.contiguous()
+
+
+class _GroupNorm32InputVJP(torch.autograd.Function):
+    """:func:`group_norm32` of a 16-bit ``x`` with frozen affine parameters, saving ``x`` instead of its fp32 copy."""
+
+    @staticmethod
+    def forward(ctx, x, num_groups, weight, bias, eps):
+        cdt = torch.promote_types(x.dtype, torch.float32)
+        weight = None if weight is None else weight.to(cdt)
+        bias = None if bias is None else bias.to(cdt)
+        xf = _group_norm_input(x.to(cdt))
+        n, c = x.shape[:2]
+        with torch.autocast(x.device.type, enabled=False):
+            out, mean, rstd = torch.ops.aten.native_group_norm(xf, weight, bias, n, c, x.numel() // (n * c),
+                                                               num_groups, eps)  # fmt: skip
+        ctx.save_for_backward(x, weight, mean, rstd)  # x in 16 bits: half the bytes of xf
+        ctx.num_groups = num_groups
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, mean, rstd = ctx.saved_tensors
+        xf = _group_norm_input(x.to(mean.dtype))  # exact: every 16-bit value is a float32 value
+        n, c = x.shape[:2]
+        # As autograd's own formula: the kernels expect the output gradient in the input's memory format.
+        grad_out = grad.to(mean.dtype).contiguous(memory_format=suggest_memory_format(xf))
+        grad_input = torch.ops.aten.native_group_norm_backward(
+            grad_out, xf, mean, rstd, weight, n, c, x.numel() // (n * c), ctx.num_groups, [True, False, False]
+        )[0]
+        return grad_input.to(x.dtype), None, None, None, None
+
+
+def _frozen(*tensors: torch.Tensor | None) -> bool:
+    return all(t is None or not t.requires_grad for t in tensors)
+
+
 class input_only_vjp(TorchFunctionMode):  # noqa: N801 - used as a context manager, like torch.no_grad
     """Within this context, frozen-weight convolutions keep only their weights for backward (module docstring)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is group_norm32 and torch.is_grad_enabled() and not kwargs:
+            x, num_groups, weight, bias, eps = args
+            if x.requires_grad and x.dtype in (torch.bfloat16, torch.float16) and _frozen(weight, bias):
+                return _GroupNorm32InputVJP.apply(x, num_groups, weight, bias, eps)
         n = _CONVS.get(func)
         if n is not None and torch.is_grad_enabled():
             names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
@@ -79,8 +132,7 @@ class input_only_vjp(TorchFunctionMode):  # noqa: N801 - used as a context manag
             bound.update(kwargs)
             x, weight, bias = bound["input"], bound["weight"], bound.get("bias")
             padding = bound.get("padding", 0)
-            frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
-            if x.requires_grad and frozen and not isinstance(padding, str) and x.dim() == n + 2:
+            if x.requires_grad and _frozen(weight, bias) and not isinstance(padding, str) and x.dim() == n + 2:
                 return _ConvInputVJP.apply(
                     x, weight, bias, _expand(bound.get("stride", 1), n), _expand(padding, n),
                     _expand(bound.get("dilation", 1), n), bound.get("groups", 1),

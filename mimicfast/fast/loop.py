@@ -47,7 +47,7 @@ class FastLoop:
         shape: ``[B, C, H, W]`` of the batch.
         device, dtype: where the state lives and its (working) dtype, fp32 or fp64.
         input_only_vjp: run guided forwards under :class:`mimicfast.fast.input_vjp.input_only_vjp` (frozen
-            convolutions keep no activations for the VJP; same result, about 30% less memory per image).
+            convolutions and GroupNorms keep only what the input gradient needs; same result, less memory).
 
     Attributes:
         x: [B, C, H, W] the current sample in sigma space (after :meth:`reset`: ``x_T / sqrt(abar_T)``).

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import handle_torch_function, has_torch_function_unary
 from torch.utils.checkpoint import checkpoint
 
 from mimicfast.errors import InputError
@@ -67,14 +68,25 @@ def timestep_embedding(timesteps: Tensor, dim: int, dtype: torch.dtype = torch.f
     return emb
 
 
+def group_norm32(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """Group normalisation computed in at least float32, returned in ``x``'s dtype (guided-diffusion's GroupNorm32).
+
+    Overridable by a ``TorchFunctionMode`` (:class:`mimicfast.fast.input_vjp.input_only_vjp` keeps a 16-bit ``x``
+    for backward instead of its float32 copy).
+    """
+    if has_torch_function_unary(x):
+        return handle_torch_function(group_norm32, (x,), x, num_groups, weight, bias, eps)
+    cdt = _compute_dtype(x.dtype)
+    w = None if weight is None else weight.to(cdt)
+    b = None if bias is None else bias.to(cdt)
+    return F.group_norm(x.to(cdt), num_groups, w, b, eps).to(x.dtype)
+
+
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm(32 groups, eps 1e-5) computed in at least float32, returned in the input dtype."""
 
     def forward(self, x: Tensor) -> Tensor:
-        cdt = _compute_dtype(x.dtype)
-        w = None if self.weight is None else self.weight.to(cdt)
-        b = None if self.bias is None else self.bias.to(cdt)
-        return F.group_norm(x.to(cdt), self.num_groups, w, b, self.eps).to(x.dtype)
+        return group_norm32(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
 def _norm(channels: int) -> GroupNorm32:

@@ -65,15 +65,40 @@ def test_under_bf16_autocast_equals_autocast_bitwise() -> None:
     assert torch.equal(out, out_ref) and torch.equal(grad, grad_ref)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_group_norm32_of_16_bit_input_equals_autograd_bitwise(dtype, layout) -> None:
+    """guided-diffusion's fp32 GroupNorm of a 16-bit activation saves the 16-bit tensor, not its fp32 copy."""
+    from mimicfast.models.guided_diffusion import group_norm32
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, 6, 5, generator=gen).to(dtype).contiguous(memory_format=layout)
+    weight, bias = torch.randn(64, generator=gen), torch.randn(64, generator=gen)
+    cotangent = torch.randn(x.shape, generator=gen).to(dtype)
+    results = []
+    for mode in (contextlib.nullcontext, input_only_vjp):
+        xg = x.clone().requires_grad_(True)
+        with mode():
+            out = group_norm32(xg, 32, weight, bias, 1e-5)
+        results.append((out, torch.autograd.grad(out, xg, cotangent)[0], out.grad_fn))
+    (out_ref, grad_ref, _), (out, grad, grad_fn) = results
+    assert type(grad_fn).__name__ == "_GroupNorm32InputVJPBackward" and out.dtype == dtype
+    assert torch.equal(out, out_ref) and torch.equal(grad, grad_ref)
+
+
 def test_leaves_other_convolutions_to_autograd() -> None:
     conv = torch.nn.Conv2d(3, 5, 3, padding=1)  # trainable: its weight gradient needs the input
     x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    from mimicfast.models.guided_diffusion import group_norm32
+
     with input_only_vjp():
         out = conv(x)
+        norm = group_norm32(x, 3, None, None, 1e-5)  # float32 input: autograd saves no extra copy anyway
         same = F.conv2d(x, conv.weight.detach(), padding="same")  # string padding: not handled
         with torch.no_grad():
             plain = conv(x)
     assert type(out.grad_fn).__name__ != "_ConvInputVJPBackward"
+    assert type(norm.grad_fn).__name__ != "_GroupNorm32InputVJPBackward"
     assert type(same.grad_fn).__name__ != "_ConvInputVJPBackward" and plain.grad_fn is None
     out.sum().backward()
     assert conv.weight.grad is not None
@@ -100,7 +125,9 @@ def _saved_bytes_and_vjp(denoiser, x, cotangent, mode, exclude):
         return sum(seen.values()), torch.autograd.grad(x0, xg, cotangent)[0]
 
 
-@pytest.mark.parametrize("policy", [{}, dict(autocast="bf16", channels_last=True)], ids=["fp32", "bf16-nhwc"])
+@pytest.mark.parametrize(
+    "policy", [{}, dict(autocast="bf16"), dict(autocast="bf16", channels_last=True)], ids=["fp32", "bf16", "bf16-nhwc"]
+)
 @pytest.mark.parametrize("network", ["guided-diffusion", "edm"])
 def test_network_vjp_is_unchanged_and_saves_less(gd_small, network, policy) -> None:
     from tests.models._edm_util import tiny_edm
