@@ -318,6 +318,19 @@ def test_purifier_measures_its_batch_size_once(monkeypatch) -> None:
     assert len(calls) == 2
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_input_only_vjp_changes_nothing_under_bf16(gd_small, channels_last: bool) -> None:
+    """The bf16 policy's loop, with and without input-only VJPs (convolutions and the fp32 GroupNorm): bitwise."""
+    preset = get_preset("paper").replace(steps=4, scale=1e-2, window=None)  # every step guided
+    denoiser, y, seeds = as_denoiser(gd_small), _y(2, torch.float32, size=32), [5, 6]
+    runs = [
+        purify_batch_fast(denoiser, y, preset, seeds, graphs=False, autocast="bf16", channels_last=channels_last,
+                          input_only_vjp=flag)
+        for flag in (False, True)
+    ]  # fmt: skip
+    assert torch.equal(runs[0], runs[1])
+
+
 def test_input_only_vjp_default_follows_the_device() -> None:
     """On by default where graphs replay it for free (CUDA), off on the CPU and under torch.compile."""
     denoiser, preset, y = as_denoiser(TinyEpsNet()), _preset("paper"), _y(2, torch.float32)
