@@ -60,11 +60,11 @@ step purify-full-loop-cifar 30 env MIMICFAST_BENCH_FAST_STEPS=full "${BENCH[@]}"
 # 5. Policy variants at ImageNet batch 8: precision, layout, graphs per step vs 8 per graph, plain autograd VJP.
 step purify-variants 90 env MIMICFAST_BENCH_FAST_STEPS=10 MIMICFAST_BENCH_VARIANTS=fp16,fp32,bf16-nhwc,bf16-chunk8,bf16-plainvjp \
     "${BENCH[@]}" "gpu and gd256-b8"
-# 6. Op benches (issue 5): every provider but torch.compile, then compile last (minutes of compilation).
-step op-benches 60 env MIMICFAST_BENCH_COMPILE=none python3 -m pytest -q -p no:cacheprovider \
-    benches/bench_l1_residual.py benches/bench_bicubic_up4.py --benchmark-json="$OUT/ops_bench.json"
+# 6. torch.compile of the network (minutes of compilation), then the op benches of issue 5 without compile.
 step purify-compile 150 env MIMICFAST_BENCH_FAST_STEPS=10 MIMICFAST_BENCH_VARIANTS=bf16-compile \
     "${BENCH[@]}" "gpu and gd256-b8"
+step op-benches 60 env MIMICFAST_BENCH_COMPILE=none python3 -m pytest -q -p no:cacheprovider \
+    benches/bench_l1_residual.py benches/bench_bicubic_up4.py --benchmark-json="$OUT/ops_bench.json"
 echo "=== done at $(date -u +%H:%M:%S); results in $OUT"
 
 # The short table last: what the tool's reply shows first is the end of the output.
