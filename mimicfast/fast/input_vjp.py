@@ -117,7 +117,8 @@ def _frozen(*tensors: torch.Tensor | None) -> bool:
 
 
 class input_only_vjp(TorchFunctionMode):  # noqa: N801 - used as a context manager, like torch.no_grad
-    """Within this context, frozen-weight convolutions keep only their weights for backward (module docstring)."""
+    """Within this context, frozen convolutions keep only their weights for backward and guided-diffusion's fp32
+    GroupNorm keeps its 16-bit input (module docstring); every other call runs unchanged."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
