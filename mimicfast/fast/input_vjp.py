@@ -53,8 +53,8 @@ class _ConvInputVJP(torch.autograd.Function):
             x, weight, bias = (_autocast_cast(t, torch.get_autocast_dtype(x.device.type)) for t in (x, weight, bias))
         ctx.save_for_backward(weight)
         ctx.geometry = (x.shape, stride, padding, dilation, groups)
-        # The backend picks its memory format from the input's layout too: keep that choice (and so the rounding).
-        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        # The backend picks its memory format from the input's suggested one too: keep that choice (and the rounding).
+        ctx.memory_format = suggest_memory_format(x)
         with torch.autocast(x.device.type, enabled=False):
             return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False, [0] * len(stride), groups)
 
@@ -63,10 +63,10 @@ class _ConvInputVJP(torch.autograd.Function):
         (weight,) = ctx.saved_tensors
         shape, stride, padding, dilation, groups = ctx.geometry
         # Only the stand-in's shape and layout are read for the input gradient, never its values.
-        if ctx.channels_last:
-            stand_in = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last)
-        else:
+        if ctx.memory_format == torch.contiguous_format:
             stand_in = grad.new_empty(1).expand(shape)
+        else:
+            stand_in = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.memory_format)
         grad_input = torch.ops.aten.convolution_backward(
             grad, stand_in, weight, None, stride, padding, dilation, False, [0] * len(stride), groups,
             [True, False, False],

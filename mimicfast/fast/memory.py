@@ -137,7 +137,8 @@ def measure_footprint(
         image_shape: ``[C, H, W]``.
         device, dtype: where and in which working dtype the purification will run.
         probe_batches: the two batch sizes probed, ascending.
-        input_only_vjp: whether the sampler's guided steps keep no convolution inputs (:class:`FastLoop`).
+        input_only_vjp: whether the sampler's guided steps run under :class:`mimicfast.fast.input_only_vjp`
+            (:class:`FastLoop`; it changes the footprint).
     """
     b1, b2 = probe_batches
     if not 1 <= b1 < b2:
