@@ -1,4 +1,4 @@
-"""MimicDiffusion presets: every knob of the method as a frozen dataclass (DESIGN.md §2).
+"""MimicDiffusion presets: every knob of the method as a frozen dataclass (docs/DESIGN.md §2).
 
 ``paper`` is Algorithm 1 as the paper states it; ``released`` reproduces the authors' public code
 (psky1111/MimicDiffusion, CIFAR-10). Every field can be overridden::
@@ -9,8 +9,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal
+
+import torch
 
 from mimicfast.errors import InputError
 
@@ -64,22 +68,36 @@ class Preset:
     clip_denoised: bool
 
     def __post_init__(self) -> None:
+        # Every knob is checked (and numpy / torch scalars normalised to Python numbers) here, so that a NaN
+        # or a wrongly typed value fails with its name instead of turning the output into NaN.
+        if not isinstance(self.name, str):
+            raise InputError(f"preset field 'name' must be a str, got {type(self.name).__name__}")
         _check_choice("spacing", self.spacing, ("uniform", "released"))
         _check_choice("upsample", self.upsample, ("bicubic", "nearest", None))
         _check_choice("distance", self.distance, ("l1", "l2"))
         _check_choice("reduction", self.reduction, ("sum", "mean"))
         _check_choice("rt", self.rt, ("inverse_abar_sq", "sqrt_abar"))
         _check_choice("jacobian", self.jacobian, ("vjp", "constant_eps"))
-        if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
-            raise InputError(f"steps must be an integer in [1, 1000], got {self.steps!r}")
+        for field in ("long_range", "learned_variance", "clip_denoised"):
+            if not isinstance(getattr(self, field), bool):
+                raise InputError(f"preset field {field!r} must be True or False, got {getattr(self, field)!r}")
+        self._set("steps", _integer("steps", self.steps, 1, 1000))
+        self._set("reduction_batch", _integer("reduction_batch", self.reduction_batch, 1, None))
+        self._set("scale", _real("scale", self.scale, 0.0, None))
+        self._set("eta", _real("eta", self.eta, 0.0, 1.0))
         if self.window is not None:
-            e, s = self.window
-            if not 0.0 <= e <= s <= 1.0:
-                raise InputError(f"window (e, s) must satisfy 0 <= e <= s <= 1, got {self.window!r}")
+            window = self.window
+            if isinstance(window, (str, bytes)) or not isinstance(window, (tuple, list)) or len(window) != 2:
+                raise InputError(f"window must be None or a pair (e, s) of numbers, got {window!r}")
+            e, s = (_real(f"window[{k}]", v, 0.0, 1.0) for k, v in enumerate(window))
+            if e > s:
+                raise InputError(f"window (e, s) must satisfy 0 <= e <= s <= 1, got {window!r}")
+            self._set("window", (e, s))
         if not self.long_range and self.upsample is None:
             raise InputError("guidance has no term: long_range=False and upsample=None")
-        if self.reduction_batch < 1:
-            raise InputError(f"reduction_batch must be >= 1, got {self.reduction_batch}")
+
+    def _set(self, field: str, value: object) -> None:
+        object.__setattr__(self, field, value)  # the dataclass is frozen; normalising happens once, here
 
     def replace(self, **changes) -> Preset:
         """A copy with some fields changed (unknown field names raise)."""
@@ -92,6 +110,34 @@ class Preset:
 def _check_choice(field: str, value, choices: tuple) -> None:
     if value not in choices:
         raise InputError(f"preset field {field!r} must be one of {choices}, got {value!r}")
+
+
+def _integer(field: str, value: object, lo: int, hi: int | None) -> int:
+    """``value`` as a Python int in [lo, hi] (numpy / 0-d torch integers accepted; bools, floats, NaN not)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(f"preset field {field!r} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise InputError(f"preset field {field!r} must be {'in ' if hi is not None else ''}{bound}, got {value}")
+    return value
+
+
+def _real(field: str, value: object, lo: float, hi: float | None) -> float:
+    """``value`` as a finite Python float in [lo, hi] (ints, numpy and 0-d torch numbers accepted)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(f"preset field {field!r} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < lo or (hi is not None and value > hi):
+        bound = f"[{lo:g}, {hi:g}]" if hi is not None else f">= {lo:g}"
+        raise InputError(
+            f"preset field {field!r} must be a finite number {'in ' if hi is not None else ''}{bound}, got {value}"
+        )
+    return value
 
 
 PAPER = Preset(

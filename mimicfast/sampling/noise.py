@@ -6,18 +6,41 @@ from its own generator seeded with ``seeds[i]``; ``seed: int`` for a batch means
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 
 import torch
 
 from mimicfast.errors import InputError
 
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
+
+
+def _seed_int(value: object, what: str) -> int:
+    """``value`` as a Python int in [0, SEED_MAX]; numpy integers are accepted, bools and tensors are not."""
+    if isinstance(value, torch.Tensor):
+        raise InputError(f"{what} must be a Python int, got a torch.Tensor; pass int(t) or t.tolist()")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(f"{what} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if not 0 <= value <= SEED_MAX:
+        raise InputError(f"{what} must be in [0, 2**64 - 1], got {value}")
+    return value
+
 
 def expand_seeds(seed: int | Sequence[int], batch: int) -> list[int]:
-    """``int`` -> ``[seed, seed + 1, ...]``; a sequence must have one seed per sample."""
-    if isinstance(seed, int):
-        return [seed + i for i in range(batch)]
-    seeds = [int(s) for s in seed]
+    """One seed per sample: ``int`` -> ``[seed, seed + 1, ..., seed + batch - 1]``; a sequence must hold one
+    integer per sample. Every seed must lie in [0, 2**64 - 1] (numpy integers are accepted)."""
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        first = _seed_int(seed, "seed")
+        _seed_int(first + batch - 1, f"seed + {batch - 1} (the seed of the last image of the batch)")
+        return [first + i for i in range(batch)]
+    if isinstance(seed, (str, bytes, torch.Tensor)) or not isinstance(seed, Iterable) or getattr(seed, "ndim", 1) != 1:
+        raise InputError(
+            f"seed must be an int or a sequence of one int per image, got {type(seed).__name__}"
+            + ("; pass t.tolist()" if isinstance(seed, torch.Tensor) else "")
+        )
+    seeds = [_seed_int(s, f"seed[{i}]") for i, s in enumerate(seed)]
     if len(seeds) != batch:
         raise InputError(f"got {len(seeds)} seeds for a batch of {batch}")
     return seeds
