@@ -17,7 +17,6 @@ from mimicfast.sampling.ancestral import sample
 from mimicfast.sampling.denoisers import Denoiser, as_denoiser
 from mimicfast.sampling.guidance import MimicGuidance
 from mimicfast.sampling.noise import PerSampleNoise, expand_seeds
-from mimicfast.sampling.schedules import sigma_grid, space_timesteps
 
 
 def validate_images(x: object, denoiser: Denoiser | None = None) -> torch.Tensor:
@@ -78,8 +77,7 @@ def purify_batch(
     Every random number of sample i comes from its own stream seeded with ``seeds[i]``, so the result of
     an image does not depend on the rest of the batch.
     """
-    # Discrete-time models carry their training table; continuous ones (EDM) use the DDPM linear grid.
-    sigmas = sigma_grid(space_timesteps(preset.steps, preset.spacing), getattr(denoiser, "train_sigmas", None))
+    sigmas = denoiser.sigmas(preset.steps, preset.spacing)
     noise = PerSampleNoise(seeds, y.shape[1:], device=y.device, dtype=y.dtype)
     x = noise() * float((1 + sigmas[0] ** 2).sqrt())  # x_T ~ N(0, I) in VP = x_T / sqrt(abar_T) in sigma space
     return sample(

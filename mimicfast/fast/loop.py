@@ -35,7 +35,6 @@ from mimicfast.sampling.ancestral import StepCoefficients, denoise
 from mimicfast.sampling.denoisers import Denoiser
 from mimicfast.sampling.guidance import MimicGuidance
 from mimicfast.sampling.noise import PerSampleNoise
-from mimicfast.sampling.schedules import sigma_grid, space_timesteps
 
 
 class FastLoop:
@@ -79,7 +78,7 @@ class FastLoop:
                     f"move it with denoiser.to({str(self.device)!r})"
                 )
         self.dtype = dtype
-        sigmas = sigma_grid(space_timesteps(preset.steps, preset.spacing))
+        sigmas = denoiser.sigmas(preset.steps, preset.spacing)
         self.steps = len(sigmas) - 1
         self.start_scale = float((1 + sigmas[0] ** 2).sqrt())  # x_T ~ N(0, I) in VP coordinates
         self.learned = preset.learned_variance and denoiser.learned_variance and preset.eta == 1.0

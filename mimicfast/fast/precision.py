@@ -127,6 +127,10 @@ class PrecisionDenoiser(Denoiser):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return self.denoise_with_variance(x, sigma)[0]
 
+    def sigmas(self, steps: int, spacing: str = "uniform") -> torch.Tensor:
+        """``inner``'s noise levels: the policy changes the arithmetic, never the schedule."""
+        return self.inner.sigmas(steps, spacing)
+
 
 def apply_policy(
     denoiser: Denoiser,

@@ -1,6 +1,6 @@
 """Everything becomes a denoiser ``D(x, sigma) -> x0_hat`` in sigma space (k-diffusion style).
 
-``x`` is ``x0 + sigma * n`` (sigma space, DESIGN.md §2); ``sigma`` is a tensor of shape [B] (or a
+``x`` is ``x0 + sigma * n`` (sigma space, docs/DESIGN.md §2); ``sigma`` is a tensor of shape [B] (or a
 scalar). Networks reach the sampler through :func:`as_denoiser`, which reads the network's
 ``denoiser_kind`` class attribute:
 
@@ -17,7 +17,13 @@ import torch
 from torch import nn
 
 from mimicfast.errors import InputError
-from mimicfast.sampling.schedules import alphas_cumprod, linear_betas, sigmas_from_alphas_cumprod
+from mimicfast.sampling.schedules import (
+    alphas_cumprod,
+    linear_betas,
+    sigma_grid,
+    sigmas_from_alphas_cumprod,
+    space_timesteps,
+)
 
 
 class Denoiser(nn.Module):
@@ -36,6 +42,15 @@ class Denoiser(nn.Module):
     def denoise_with_variance(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(x0_hat, v)``; ``v`` in [-1, 1] interpolates the log variance (None without learned variance)."""
         return self(x, sigma), None
+
+    def sigmas(self, steps: int, spacing: str = "uniform") -> torch.Tensor:
+        """The sampler's noise levels for ``steps`` respaced steps: float64 [steps + 1], descending, last 0 (CPU).
+
+        Every sampler takes its grid from here, so no caller can sample a model on another schedule's noise
+        levels. The base class serves continuous-time denoisers (EDM, user callables) with the DDPM linear
+        table (docs/DESIGN.md §2); discrete-time models override it with their training table.
+        """
+        return sigma_grid(space_timesteps(steps, spacing))
 
 
 def _per_sample(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -64,6 +79,10 @@ class EpsTimestepDenoiser(Denoiser):
         self.image_size = getattr(model, "image_size", None)
         self.channels = getattr(model, "in_channels", None)
         self.learned_variance = bool(getattr(model, "learn_sigma", False))
+
+    def sigmas(self, steps: int, spacing: str = "uniform") -> torch.Tensor:
+        """The respaced grid read from the model's own training table ``train_sigmas`` (any length)."""
+        return sigma_grid(space_timesteps(steps, spacing, self.train_sigmas.numel()), self.train_sigmas)
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Fractional training timestep of each sigma (linear in log sigma between table entries)."""
