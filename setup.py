@@ -2,12 +2,15 @@
 
 Pure-Python parts install with plain setuptools. The compiled extension ``mimicfast._C``
 (pybind11; C++ CPU kernels, CUDA kernels when nvcc is found) is built by CMake + ninja; torch must be
-importable at build time (``pip install --no-build-isolation``). Building never breaks installation: when
-torch, CMake or a compiler is missing, or the build fails, the pure-Python package installs and
-``mimicfast.backends()`` says that the compiled backends are absent.
+importable at build time (``pip install --no-build-isolation``, after ``pip install pybind11 cmake ninja``).
+When torch, pybind11, CMake or a compiler is missing, or the compilation fails, the build stops with a message
+on stderr naming what is missing and how to go on; it never installs a package silently lacking ``_C``. With
+``MIMICFAST_BUILD_EXT=0`` it installs the pure-Python package (the ops then run their reference backend) and
+says so on stderr.
 
 Environment:
     MIMICFAST_BUILD_EXT=0     skip the compiled extension altogether.
+    MAX_JOBS                  parallel compile jobs (default: CMake's, i.e. all cores).
     MIMICFAST_BUILD_CUDA=1/0  force the CUDA kernels on / off (default: on when nvcc is found).
     MIMICFAST_CUDA_ARCH       CUDA architectures in CMake syntax (default "90", i.e. sm_90).
 Triton kernels live in the top-level ``kernels/`` folder and install as ``mimicfast.kernels``.
@@ -53,8 +56,18 @@ def _nvcc() -> str | None:
     return None
 
 
-def _warn(message: str) -> None:
-    print(f"\nWARNING (mimicfast): {message}\n", file=sys.stderr, flush=True)
+def _say(message: str) -> None:
+    """Print a block on stderr that stands out in pip's output."""
+    bar = "=" * 78
+    print(f"\n{bar}\nmimicfast: {message}\n{bar}\n", file=sys.stderr, flush=True)
+
+
+_HOW_TO_GO_ON = (
+    "To build it: pip install torch first, then `pip install setuptools wheel pybind11 cmake ninja` and "
+    "install mimicfast with `pip install --no-build-isolation .` (or `-e .`); a C++17 compiler must be on "
+    "PATH. To install without it (the ops then use their pure-PyTorch reference backend): set "
+    "MIMICFAST_BUILD_EXT=0. To build without the CUDA kernels: MIMICFAST_BUILD_CUDA=0."
+)
 
 
 class CMakeExtension(Extension):
@@ -65,26 +78,30 @@ class CMakeExtension(Extension):
 
 
 class CMakeBuild(build_ext):
-    """Configures and builds CMakeLists.txt with ninja; on any failure warns and installs without it."""
+    """Configures and builds CMakeLists.txt with ninja; stops the installation, saying why, when it cannot."""
 
     def build_extensions(self) -> None:
-        for ext in list(self.extensions):
+        for ext in self.extensions:
+            missing = _missing_prerequisites()
+            if missing:
+                _say(f"cannot build the compiled extension {ext.name}: missing {', '.join(missing)}.\n{_HOW_TO_GO_ON}")
+                raise SystemExit(1)
             try:
                 self._build(ext)
-            except (ImportError, OSError, RuntimeError, subprocess.CalledProcessError) as exc:
-                _warn(f"the compiled extension {ext.name} was not built ({exc}); installing the pure-Python package.")
-                # Later steps (copy to the source tree for -e, the wheel's file list) must not expect it.
-                self.extensions.remove(ext)
+            except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+                _say(f"building the compiled extension {ext.name} failed ({exc}); the compiler output is above.\n"
+                     f"{_HOW_TO_GO_ON}")
+                raise SystemExit(1) from None
 
     def _build(self, ext: Extension) -> None:
         import pybind11
         import torch.utils
 
         cmake = _tool("cmake", "cmake")
-        if cmake is None:
-            raise RuntimeError("cmake not found")
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
-        build_dir = Path(self.build_temp).resolve() / "cmake"
+        # One CMake tree per interpreter, shared by every build of this checkout (editable install, wheel), so a
+        # second build only relinks instead of compiling again.
+        build_dir = ROOT / "build" / f"cmake-{sys.implementation.cache_tag}"
         build_dir.mkdir(parents=True, exist_ok=True)
         args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
@@ -106,10 +123,31 @@ class CMakeBuild(build_ext):
         else:
             args += ["-DMIMICFAST_BUILD_CUDA=OFF"]
         subprocess.run([cmake, "-S", str(ROOT), "-B", str(build_dir), *args], check=True)
-        subprocess.run([cmake, "--build", str(build_dir)], check=True)
+        jobs = os.environ.get("MAX_JOBS")
+        subprocess.run([cmake, "--build", str(build_dir), *(["--parallel", jobs] if jobs else [])], check=True)
 
 
-ext_modules = [] if os.environ.get("MIMICFAST_BUILD_EXT") == "0" else [CMakeExtension("mimicfast._C")]
+def _missing_prerequisites() -> list[str]:
+    """What the extension build needs and does not find, in words a user can act on."""
+    missing = []
+    for module, what in (("torch", "torch (importable by this build)"), ("pybind11", "pybind11 (pip package)")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(what)
+    if _tool("cmake", "cmake") is None:
+        missing.append("cmake (pip package or on PATH)")
+    if not any(shutil.which(cxx) for cxx in (os.environ.get("CXX") or "c++", "g++", "clang++")):
+        missing.append("a C++ compiler (c++, g++ or clang++ on PATH)")
+    return missing
+
+
+if os.environ.get("MIMICFAST_BUILD_EXT") == "0":
+    _say("MIMICFAST_BUILD_EXT=0: installing without the compiled extension mimicfast._C "
+         "(mimicfast.backends() reports it absent; the ops use their reference backend).")
+    ext_modules = []
+else:
+    ext_modules = [CMakeExtension("mimicfast._C")]
 packages = find_packages(include=["mimicfast", "mimicfast.*"]) + ["mimicfast.kernels"]
 
 setup(

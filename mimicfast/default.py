@@ -2,7 +2,7 @@
 
 * ``weights/fmnist_unet.safetensors`` + ``fmnist_unet.json``: a guided-diffusion-format DDPM UNet (eps-prediction,
   linear betas 1e-4..0.02, 1000 steps) on 32x32 grey images (Fashion-MNIST padded by 2 pixels);
-* ``weights/fmnist_classifier.safetensors``: :class:`mimicfast.train.classifier.FashionCNN` on [0, 1] pixels;
+* ``weights/fmnist_classifier.safetensors``: :class:`mimicfast.classifier.FashionCNN` on [0, 1] pixels;
 * ``data/fmnist_test_1000.npz``: the first 1,000 images of the Fashion-MNIST test set (uint8, 28x28) and labels.
 
 See docs/MODEL_CARD.md for how they were trained. Nothing here downloads anything.
@@ -51,8 +51,8 @@ def load_default_unet(device: torch.device | str | None = None) -> nn.Module:
 
 def load_default_classifier(device: torch.device | str | None = None) -> nn.Module:
     """The bundled Fashion-MNIST CNN (eval mode, frozen): ``[N, 1, 32, 32]`` in [0, 1] -> logits [N, 10]."""
+    from mimicfast.classifier import FashionCNN
     from mimicfast.models.loading import load_state_dict_file
-    from mimicfast.train.classifier import FashionCNN
 
     meta = _config(CLASSIFIER_PATH)
     model = FashionCNN(width=int(meta["width"]))
@@ -75,10 +75,18 @@ def load_default(device: torch.device | str | None = None) -> tuple[nn.Module, n
 
 def load_test_slice(n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` (default all 1,000) bundled test images: ``(x [n, 1, 32, 32] in [0, 1], y [n] int64)``."""
-    from mimicfast.train.data import to_tensor32
-
     with np.load(TEST_SLICE_PATH) as f:
         images, labels = f["images"], f["labels"]
     if n is not None and not 1 <= n <= len(labels):
         raise InputError(f"n must be in [1, {len(labels)}], got {n}")
     return to_tensor32(images[:n]), torch.from_numpy(labels[:n].astype(np.int64))
+
+
+def to_tensor32(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``[N, 28, 28]`` (or already 32x32) -> float32 ``[N, 1, 32, 32]`` in [0, 1], zero-padded by 2 pixels."""
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).float().div_(255.0).unsqueeze(1)
+    if x.shape[-1] == 28:
+        x = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    if x.shape[-2:] != (32, 32):
+        raise InputError(f"expected 28x28 or 32x32 images, got {tuple(images.shape[1:])}")
+    return x

@@ -1,5 +1,5 @@
 """`import mimicfast` is cheap and safe: no CUDA initialisation, no Triton import, no hard dependency on
-the compiled extension (DESIGN.md §3). Each check runs in a fresh interpreter."""
+the compiled extension (docs/DESIGN.md §3). Each check runs in a fresh interpreter."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 The idx format (LeCun et al.): a big-endian header -- magic ``0x00000803`` (uint8 images, 3 dims) or
 ``0x00000801`` (uint8 labels, 1 dim) followed by one uint32 per dimension -- then the raw uint8 data.
 Images are 28x28; they are zero-padded by 2 pixels on every side to 32x32 so that a UNet with three
-resolutions (32, 16, 8) fits them.
+resolutions (32, 16, 8) fits them (:func:`mimicfast.default.to_tensor32`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mimicfast.default import to_tensor32
 from mimicfast.errors import InputError
 
 #: Where the Debian package ``dataset-fashion-mnist`` installs the idx files; override with
@@ -68,16 +69,6 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = No
     if images.shape[0] != labels.shape[0]:
         raise InputError(f"{root}: {images.shape[0]} images but {labels.shape[0]} labels")
     return images, labels
-
-
-def to_tensor32(images: np.ndarray) -> torch.Tensor:
-    """uint8 ``[N, 28, 28]`` (or already 32x32) -> float32 ``[N, 1, 32, 32]`` in [0, 1], zero-padded."""
-    x = torch.from_numpy(np.array(images, dtype=np.uint8)).float().div_(255.0).unsqueeze(1)
-    if x.shape[-1] == 28:
-        x = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    if x.shape[-2:] != (32, 32):
-        raise InputError(f"expected 28x28 or 32x32 images, got {tuple(images.shape[1:])}")
-    return x
 
 
 def fashion_mnist_tensors(split: str = "train", root: str | os.PathLike | None = None):

@@ -1,0 +1,1 @@
+"""Training of the bundled Fashion-MNIST models (``mimicfast train``); the runtime never imports it."""
