@@ -2,17 +2,13 @@
 
 :class:`FastLoop` holds everything a step touches in fixed device buffers: the sample ``x``, the guidance
 target ``y``, the step index ``idx`` (a device tensor), the per-step coefficient tables and the per-sample
-noise generators. :meth:`FastLoop.step` reads the index on the device, looks the coefficients up with
-``index_select`` (never a Python int, never ``.item()``), updates ``x`` in place and increments ``idx``.
-So the same step code serves every step of a kind: run eagerly it is the eager fast path; captured once
-per kind (guided / unguided) in a CUDA graph it is replayed for every step (:mod:`mimicfast.fast.graphed`).
-
-The arithmetic is that of :func:`mimicfast.sampling.ancestral.sample` with
-:class:`mimicfast.sampling.guidance.MimicGuidance`, operation for operation, so that in the working dtype
-the fast path's eager mode equals :func:`mimicfast.api.purify_batch` bit for bit. The one structural
-difference: the last step (to sigma = 0) is the same code as the others, its noise term replaced by an exact 0
-through ``torch.where`` on a device mask instead of skipped by a Python branch (a multiplication by 0 would
-turn a learned variance that overflows at sigma = 0 into NaN); ``x + 0 == x`` exactly.
+noise generators. :meth:`FastLoop.step` runs THE reverse step, :func:`mimicfast.sampling.step.reverse_step`,
+on those buffers: the step reads the index on the device (``index_select``, never a Python int, never
+``.item()``); the loop writes the result into ``x`` in place and increments ``idx``. So the same step code
+serves every step of a kind: run eagerly it is the eager fast path; captured once per kind (guided /
+unguided) in a CUDA graph it is replayed for every step (:mod:`mimicfast.fast.graphed`). The eager sampler
+(:func:`mimicfast.sampling.ancestral.sample`, hence :func:`mimicfast.api.purify_batch`) runs the same
+function, so in the working dtype the fast path's eager mode equals it bit for bit.
 
 Noise: sample i draws from its own ``torch.Generator`` seeded with ``seeds[i]``
 (:class:`mimicfast.sampling.noise.PerSampleNoise`): the start noise, then one draw per step. On CUDA the
@@ -29,12 +25,12 @@ import torch
 from tqdm.auto import tqdm
 
 from mimicfast.errors import InputError
-from mimicfast.fast.input_vjp import input_only_vjp
+from mimicfast.fast.input_vjp import input_only_vjp as _input_only_vjp
 from mimicfast.presets import Preset
-from mimicfast.sampling.ancestral import StepCoefficients, denoise
 from mimicfast.sampling.denoisers import Denoiser
 from mimicfast.sampling.guidance import MimicGuidance
 from mimicfast.sampling.noise import PerSampleNoise
+from mimicfast.sampling.step import StepCoefficients, reverse_step
 
 
 class FastLoop:
@@ -68,6 +64,7 @@ class FastLoop:
     ) -> None:
         self.denoiser = denoiser
         self.input_only_vjp = input_only_vjp
+        self._vjp_context = _input_only_vjp if input_only_vjp else contextlib.nullcontext
         self.preset = preset
         self.shape = tuple(shape)
         self.device = torch.device(device)
@@ -88,7 +85,6 @@ class FastLoop:
         self.coef = StepCoefficients.build(sigmas, preset.eta, device=self.device, dtype=dtype)
         self.guidance = MimicGuidance(self.y, preset, sigmas)  # reads self.y, refilled by reset()
         self.kinds = list(self.guidance.active)
-        self.noise_on = torch.arange(self.steps, device=self.device) < self.steps - 1  # sigma = 0 last: no noise
         self.noise = PerSampleNoise(range(self.shape[0]), self.shape[1:], device=self.device, dtype=dtype)
 
     def reset(self, y: torch.Tensor, seeds: Sequence[int]) -> None:
@@ -99,54 +95,19 @@ class FastLoop:
         self.x.copy_(self.noise() * self.start_scale)
         self.idx.zero_()
 
-    def _at(self, table: torch.Tensor) -> torch.Tensor:
-        """``table[idx]`` as a [1] tensor, looked up on the device (no host sync)."""
-        return table.index_select(0, self.idx)
-
-    def _guided_denoise(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """``(x0_hat, v, delta)`` of a guided step: :meth:`MimicGuidance.step` with a device step index."""
-        g = self.guidance
-        if self.preset.jacobian == "vjp":
-            with torch.enable_grad():
-                xg = self.x.detach().requires_grad_(True)
-                with input_only_vjp() if self.input_only_vjp else contextlib.nullcontext():
-                    x0, v = denoise(self.denoiser, xg, sigma, self.learned)
-                (jtr,) = torch.autograd.grad(x0, xg, g.residual(x0.detach()))
-            x0 = x0.detach()
-            v = None if v is None else v.detach()
-        else:
-            with torch.no_grad():
-                x0, v = denoise(self.denoiser, self.x, sigma, self.learned)
-            jtr = g.residual(x0)  # J = I in sigma space when eps is held constant
-        return x0, v, -self._at(g.coef) * jtr
-
     def step(self, guided: bool) -> None:
         """One reverse step at ``idx``, in place on ``x``; then ``idx += 1``. CUDA-graph capturable.
 
-        ``guided`` must equal ``kinds[idx]``; it selects code, so it is a Python bool known before the
-        loop starts (the window is static), never read from a tensor.
+        :func:`mimicfast.sampling.step.reverse_step` on the static buffers. ``guided`` must equal
+        ``kinds[idx]``; it selects code, so it is a Python bool known before the loop starts (the window is
+        static), never read from a tensor.
         """
-        c = self.coef
-        sigma = self._at(c.sigma)
-        if guided:
-            x0, v, delta = self._guided_denoise(self._at(self.guidance.sigma))
-        else:
-            with torch.no_grad():
-                x0, v = denoise(self.denoiser, self.x, sigma, self.learned)
-            delta = None
+        x, _ = reverse_step(
+            self.denoiser, self.x, self.y, self.idx, self.noise(), self.coef,
+            guidance=self.guidance if guided else None, learned_variance=self.learned,
+            clip_denoised=self.preset.clip_denoised, vjp_context=self._vjp_context,
+        )  # fmt: skip
         with torch.no_grad():
-            if self.preset.clip_denoised:
-                x0 = x0.clamp(-1, 1)
-            x = x0 + (self.x - x0) * (self._at(c.sigma_down) / sigma)
-            if self.learned:
-                frac = (v + 1) / 2
-                log_var = frac * self._at(c.log_beta) + (1 - frac) * self._at(c.log_posterior_var)
-                std = (0.5 * log_var).exp() * self._at(c.inv_sqrt_abar_next)
-            else:
-                std = self._at(c.sigma_up)
-            x = x + torch.where(self._at(self.noise_on), std * self.noise(), 0.0)
-            if delta is not None:
-                x = x + delta
             self.x.copy_(x)
             self.idx.add_(1)
 

@@ -31,8 +31,8 @@ from mimicfast.fast.input_vjp import input_only_vjp
 from mimicfast.fast.loop import FastLoop
 from mimicfast.fast.precision import apply_policy
 from mimicfast.presets import Preset
-from mimicfast.sampling.ancestral import denoise
 from mimicfast.sampling.denoisers import Denoiser
+from mimicfast.sampling.step import denoise
 
 # Tensors of the batch's shape alive at a step's peak besides the network's activations: x, y, x0, the
 # residual, J^T r, the noise, the update's temporaries (CPU estimate only; CUDA measures).

@@ -1,6 +1,6 @@
-"""Schedules, denoiser adapters, the ancestral sampler and the MimicDiffusion guidance."""
+"""Denoiser adapters, THE reverse step, the eager loop over it and the MimicDiffusion guidance."""
 
-from mimicfast.sampling.ancestral import StepCoefficients, sample
+from mimicfast.sampling.ancestral import sample
 from mimicfast.sampling.denoisers import Denoiser, EpsTimestepDenoiser, SigmaDenoiser, as_denoiser
 from mimicfast.sampling.guidance import MimicGuidance
 from mimicfast.sampling.noise import PerSampleNoise, expand_seeds
@@ -11,18 +11,22 @@ from mimicfast.sampling.schedules import (
     space_timesteps,
     window_mask,
 )
+from mimicfast.sampling.step import Guidance, StepCoefficients, denoise, reverse_step
 
 __all__ = [
     "Denoiser",
     "EpsTimestepDenoiser",
+    "Guidance",
     "MimicGuidance",
     "PerSampleNoise",
     "SigmaDenoiser",
     "StepCoefficients",
     "alphas_cumprod",
     "as_denoiser",
+    "denoise",
     "expand_seeds",
     "linear_betas",
+    "reverse_step",
     "sample",
     "sigma_grid",
     "space_timesteps",

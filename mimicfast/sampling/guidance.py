@@ -1,4 +1,4 @@
-"""MimicDiffusion guidance (paper Eq. 11-14, Algorithm 1 lines 5-8) as a sampler plug-in.
+"""MimicDiffusion guidance (paper Eq. 11-14, Algorithm 1 lines 5-8): the correction a guided step adds.
 
 At a guided step the paper adds, in VP coordinates,
 
@@ -11,7 +11,8 @@ x_{t-1} adds ``g / sqrt(abar_{t-1})`` to x~_{t-1}. Hence the sigma-space correct
     delta = -R_t / (sqrt(abar_t) sqrt(abar_{t-1})) * J^T r.
 
 ``J^T r`` is one VJP through the denoiser (``jacobian="vjp"``) or ``r`` itself when the predicted noise is
-held constant (``"constant_eps"``, the released code). Every quantity is per sample.
+held constant (``"constant_eps"``, the released code); :func:`mimicfast.sampling.step.reverse_step` computes it
+from this module's residual and coefficients. Every quantity is per sample.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import torch
 from mimicfast.ops import l1_residual
 from mimicfast.presets import Preset
 from mimicfast.reference.ops import SCALE, upsample_adjoint_reference, upsample_reference
-from mimicfast.sampling.ancestral import denoise
-from mimicfast.sampling.denoisers import Denoiser
 from mimicfast.sampling.schedules import window_mask
 
 
@@ -57,46 +56,34 @@ def l2_residual(x0_hat: torch.Tensor, y: torch.Tensor, preset: Preset, long_w: f
 
 
 class MimicGuidance:
-    """The guidance term of Algorithm 1 for one batch.
+    """The guidance term of Algorithm 1 for one batch (the :class:`mimicfast.sampling.step.Guidance` of the purifier).
 
     Args:
-        y: [B, C, H, W] the adversarial images in model space [-1, 1].
+        y: [B, C, H, W] the adversarial images in model space [-1, 1] (the default target of the steps).
         preset: the method's settings (window, H, R_t, J mode, reduction, distance).
         sigmas: the sampler's descending sigma grid, [T + 1].
+
+    Attributes:
+        active: ``active[i]`` is True iff step i lies in the preset's window.
+        coef: [T] ``R_t / (sqrt(abar_t) sqrt(abar_{t-1}))`` in ``y``'s dtype and on its device.
+        jacobian: the preset's J mode, ``"vjp"`` or ``"constant_eps"``.
     """
 
     def __init__(self, y: torch.Tensor, preset: Preset, sigmas: torch.Tensor) -> None:
         self.y = y
         self.preset = preset
+        self.jacobian = preset.jacobian
         self.active = window_mask(len(sigmas) - 1, preset.window)
         s = sigmas.to(torch.float64)
         abar, abar_next = 1 / (1 + s[:-1] ** 2), 1 / (1 + s[1:] ** 2)
         coef = guidance_factor(abar, preset) / (abar.sqrt() * abar_next.sqrt())
         self.coef = coef.to(device=y.device, dtype=y.dtype)
-        self.sigma = s[:-1].to(device=y.device, dtype=y.dtype)
         self.long_w, self.short_w = term_weights(preset, y.shape[-2], y.shape[-1])
 
-    def residual(self, x0_hat: torch.Tensor) -> torch.Tensor:
-        """d(loss)/d(x0_hat) per sample, [B, C, H, W]."""
+    def residual(self, x0_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """d(loss)/d(x0_hat) per sample, [B, C, H, W], for the target ``y``."""
         if self.preset.distance == "l2":
-            return l2_residual(x0_hat, self.y, self.preset, self.long_w, self.short_w)
+            return l2_residual(x0_hat, y, self.preset, self.long_w, self.short_w)
         upsample = self.preset.upsample if self.short_w else None
-        r = l1_residual(x0_hat, self.y, upsample, long_weight=self.long_w, short_weight=self.short_w)
+        r = l1_residual(x0_hat, y, upsample, long_weight=self.long_w, short_weight=self.short_w)
         return r.to(x0_hat.dtype)
-
-    def step(
-        self, denoiser: Denoiser, x: torch.Tensor, i: int, learned_variance: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Denoise at step i and return ``(x0_hat, v, delta)``; ``delta`` is added to the next sample."""
-        if self.preset.jacobian == "vjp":
-            with torch.enable_grad():
-                xg = x.detach().requires_grad_(True)
-                x0, v = denoise(denoiser, xg, self.sigma[i], learned_variance)
-                (jtr,) = torch.autograd.grad(x0, xg, self.residual(x0.detach()))
-            x0 = x0.detach()
-            v = None if v is None else v.detach()
-        else:
-            with torch.no_grad():
-                x0, v = denoise(denoiser, x, self.sigma[i], learned_variance)
-            jtr = self.residual(x0)  # J = I in sigma space when eps is held constant
-        return x0, v, -self.coef[i] * jtr

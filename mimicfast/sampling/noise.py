@@ -49,7 +49,9 @@ def expand_seeds(seed: int | Sequence[int], batch: int) -> list[int]:
 class PerSampleNoise:
     """Draws standard normal noise of shape [B, *sample_shape], sample i from its own generator.
 
-    Each call advances every stream by one draw of ``sample_shape``.
+    Each call advances every stream by one draw of ``sample_shape``. :meth:`get_state` / :meth:`set_state`
+    snapshot and restore every stream, so a caller can draw the noise of reverse step i again (e.g. to
+    recompute that step in a backward sweep) without keeping the tensor.
     """
 
     def __init__(
@@ -69,3 +71,12 @@ class PerSampleNoise:
         return torch.stack(
             [torch.randn(self.sample_shape, generator=g, device=self.device, dtype=self.dtype) for g in self.generators]
         )
+
+    def get_state(self) -> list[torch.Tensor]:
+        """The state of every sample's generator (a CPU uint8 tensor each), for :meth:`set_state`."""
+        return [g.get_state() for g in self.generators]
+
+    def set_state(self, state: Sequence[torch.Tensor]) -> None:
+        """Restore the generators to a :meth:`get_state` snapshot: the next call draws what followed it."""
+        for gen, s in zip(self.generators, state, strict=True):
+            gen.set_state(s)

@@ -151,7 +151,7 @@ def test_loop_index_and_last_step_mask() -> None:
     assert int(loop.idx) == 0
     loop.run_eager()
     assert int(loop.idx) == loop.steps == 20
-    assert loop.noise_on[:-1].all() and not loop.noise_on[-1]
+    assert loop.coef.noise_on[:-1].all() and not loop.coef.noise_on[-1]
     assert loop.kinds == [10 <= i <= 16 for i in range(20)]  # paper window: 0.2 T <= T - i <= 0.5 T
 
 

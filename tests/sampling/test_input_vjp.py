@@ -13,7 +13,7 @@ from mimicfast.fast.input_vjp import input_only_vjp
 from mimicfast.models.loading import load_guided_diffusion
 from mimicfast.presets import get_preset
 from mimicfast.sampling import as_denoiser
-from mimicfast.sampling.ancestral import denoise
+from mimicfast.sampling.step import denoise
 
 CONVS = [
     (torch.nn.Conv2d(6, 9, 3, padding=1), (2, 6, 11, 7)),
