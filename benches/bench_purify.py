@@ -51,7 +51,8 @@ from mimicfast.api import purify_batch
 from mimicfast.fast import FastPurifier
 from mimicfast.models.random_init import randomize_weights
 from mimicfast.presets import get_preset
-from mimicfast.sampling import as_denoiser, window_mask
+from mimicfast.sampling import as_denoiser
+from mimicfast.schedules import window_mask
 from tests.conftest import PARITY
 
 PAPER_SECONDS_PER_IMAGE = {"window": 156.0, "no_window": 268.0}  # RTX 4090, ImageNet 256, paper

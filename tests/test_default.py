@@ -9,7 +9,7 @@ import mimicfast
 from mimicfast.default import fmnist_unet_config, load_default, load_test_slice
 from mimicfast.errors import InputError
 from mimicfast.evaluate import accuracy
-from mimicfast.sampling.schedules import alphas_cumprod, linear_betas
+from mimicfast.schedules import alphas_cumprod, linear_betas
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mimicfast.errors import CheckpointError, InputError
-from mimicfast.sampling.schedules import alphas_cumprod, linear_betas
+from mimicfast.schedules import alphas_cumprod, linear_betas
 
 __all__ = ["DiffusersUNetDenoiser", "load_diffusers"]
 

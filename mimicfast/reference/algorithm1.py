@@ -15,7 +15,7 @@ import torch
 
 from mimicfast.presets import Preset
 from mimicfast.reference.ops import SCALE, upsample_reference
-from mimicfast.sampling.schedules import space_timesteps, window_mask
+from mimicfast.schedules import space_timesteps, window_mask
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

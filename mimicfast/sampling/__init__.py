@@ -4,13 +4,6 @@ from mimicfast.sampling.ancestral import sample
 from mimicfast.sampling.denoisers import Denoiser, EpsTimestepDenoiser, SigmaDenoiser, as_denoiser
 from mimicfast.sampling.guidance import MimicGuidance
 from mimicfast.sampling.noise import PerSampleNoise, expand_seeds
-from mimicfast.sampling.schedules import (
-    alphas_cumprod,
-    linear_betas,
-    sigma_grid,
-    space_timesteps,
-    window_mask,
-)
 from mimicfast.sampling.step import Guidance, StepCoefficients, denoise, reverse_step
 
 __all__ = [
@@ -21,14 +14,9 @@ __all__ = [
     "PerSampleNoise",
     "SigmaDenoiser",
     "StepCoefficients",
-    "alphas_cumprod",
     "as_denoiser",
     "denoise",
     "expand_seeds",
-    "linear_betas",
     "reverse_step",
     "sample",
-    "sigma_grid",
-    "space_timesteps",
-    "window_mask",
 ]

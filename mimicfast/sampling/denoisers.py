@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mimicfast.errors import InputError
-from mimicfast.sampling.schedules import (
+from mimicfast.schedules import (
     alphas_cumprod,
     linear_betas,
     sigma_grid,

@@ -22,7 +22,7 @@ import torch
 from mimicfast.ops import l1_residual
 from mimicfast.presets import Preset
 from mimicfast.reference.ops import SCALE, upsample_adjoint_reference, upsample_reference
-from mimicfast.sampling.schedules import window_mask
+from mimicfast.schedules import window_mask
 
 
 def guidance_factor(abar: torch.Tensor, preset: Preset) -> torch.Tensor:

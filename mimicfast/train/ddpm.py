@@ -1,7 +1,7 @@
 """DDPM training of the bundled Fashion-MNIST guided-diffusion UNet (Ho et al. 2020, eps-prediction).
 
 ``x_0 = 2 * image - 1`` in [-1, 1]; ``t ~ U{0..999}``; ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` with the
-linear betas 1e-4..0.02 (:func:`mimicfast.sampling.schedules.linear_betas`); loss ``||eps - eps_theta(x_t, t)||^2``
+linear betas 1e-4..0.02 (:func:`mimicfast.schedules.linear_betas`); loss ``||eps - eps_theta(x_t, t)||^2``
 (the "simple" objective), computed under bfloat16 autocast by default. Adam, linear warm-up then a constant learning rate -- so a checkpoint at step K is
 exactly the model a K-step run gives -- gradient-norm clipping at 1, and an EMA of the weights (the weights
 that are exported and sampled).
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mimicfast.models import guided_diffusion_unet
-from mimicfast.sampling.schedules import alphas_cumprod, linear_betas
+from mimicfast.schedules import alphas_cumprod, linear_betas
 from mimicfast.train.common import batches, export_safetensors, load_checkpoint, save_checkpoint, step_generator
 from mimicfast.train.data import fashion_mnist_tensors
 
@@ -156,7 +156,7 @@ def sample_unconditional(model: torch.nn.Module, n: int, steps: int = 100, seed:
     from mimicfast.sampling.ancestral import sample
     from mimicfast.sampling.denoisers import as_denoiser
     from mimicfast.sampling.noise import PerSampleNoise
-    from mimicfast.sampling.schedules import sigma_grid, space_timesteps
+    from mimicfast.schedules import sigma_grid, space_timesteps
 
     shape = (model.in_channels, model.image_size, model.image_size)
     sigmas = sigma_grid(space_timesteps(steps, "uniform"))

@@ -8,7 +8,7 @@ import torch
 from mimicfast.errors import CheckpointError
 from mimicfast.models import load
 from mimicfast.sampling import as_denoiser
-from mimicfast.sampling.schedules import alphas_cumprod, linear_betas
+from mimicfast.schedules import alphas_cumprod, linear_betas
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -15,7 +15,7 @@ from mimicfast.fast import apply_policy, purify_batch_fast
 from mimicfast.presets import get_preset
 from mimicfast.reference.algorithm1 import mimic_diffusion_reference
 from mimicfast.sampling import EpsTimestepDenoiser, PerSampleNoise, SigmaDenoiser, as_denoiser
-from mimicfast.sampling.schedules import alphas_cumprod, cosine_betas, linear_betas, sigmas_from_alphas_cumprod
+from mimicfast.schedules import alphas_cumprod, cosine_betas, linear_betas, sigma_grid, sigmas_from_alphas_cumprod
 from tests.helpers import TinyEpsNet
 
 SCHEDULES = {
@@ -85,3 +85,24 @@ def test_public_purify_fast_equals_eager_on_a_cosine_model() -> None:
     assert torch.equal(fast, eager)
     linear = mimicfast.purify(x, TinyEpsNet().double(), preset="paper", steps=10, scale=1e-3, fast=True)
     assert not torch.equal(fast, linear)  # the schedule matters, so the equality above is not vacuous
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sigma_to_t_is_exact_on_the_table(dtype) -> None:
+    den = EpsTimestepDenoiser(TinyEpsNet())
+    t = torch.tensor([0, 1, 9, 499, 998, 999])
+    sigma = den.train_sigmas[t].to(dtype)
+    assert torch.equal(den.sigma_to_t(sigma), t.to(dtype))
+    mid = (den.train_sigmas[10].log() + den.train_sigmas[11].log()).div(2).exp().to(dtype)
+    assert 10 < den.sigma_to_t(mid[None]).item() < 11
+
+
+def test_a_models_own_schedule_is_used() -> None:
+    """A model trained with another schedule (guided-diffusion's 64x64 model: cosine) is sampled on its own grid."""
+    net = TinyEpsNet()
+    net.register_buffer("betas", cosine_betas(), persistent=False)
+    den = as_denoiser(net)
+    expected = sigmas_from_alphas_cumprod(alphas_cumprod(cosine_betas()))
+    torch.testing.assert_close(den.train_sigmas, expected, rtol=0, atol=0)
+    grid = sigma_grid([0, 499, 999], den.train_sigmas)
+    torch.testing.assert_close(grid[:3], expected[[999, 499, 0]], rtol=0, atol=0)

@@ -31,7 +31,8 @@ from mimicfast.fast import (
 )
 from mimicfast.models.loading import load_guided_diffusion
 from mimicfast.presets import get_preset
-from mimicfast.sampling import PerSampleNoise, as_denoiser, window_mask
+from mimicfast.sampling import PerSampleNoise, as_denoiser
+from mimicfast.schedules import window_mask
 from tests.helpers import TinyEpsNet
 
 CASES = {

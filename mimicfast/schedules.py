@@ -1,7 +1,7 @@
 """Noise schedules: DDPM linear betas, timestep respacing, and the equivalent sigma grid.
 
 VP coordinates (paper): ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``. Sigma space (EDM / k-diffusion):
-``x~ = x_t / sqrt(abar_t) = x_0 + sigma_t eps`` with ``sigma_t = sqrt((1 - abar_t) / abar_t)`` (DESIGN.md §2).
+``x~ = x_t / sqrt(abar_t) = x_0 + sigma_t eps`` with ``sigma_t = sqrt((1 - abar_t) / abar_t)`` (docs/DESIGN.md §2).
 All tables are float64; callers cast once, outside the sampling loop.
 """
 
