@@ -17,6 +17,13 @@ from mimicfast.errors import InputError
 
 __all__ = ["add_parser", "convert"]
 
+DESCRIPTION = """\
+Convert any supported checkpoint SRC to DST.safetensors plus DST.json. The pair loads without pickle
+(mimicfast.load finds DST.json beside DST.safetensors) into the same network with bit-identical weights; use it
+to turn an EDM .pkl, whose own loader runs code stored in the file, into files that are safe to share. Nothing
+is written if an output would replace a file that is read (SRC, its .json, a config file).
+"""
+
 
 def _destination(dst: str | PathLike[str]) -> tuple[Path, Path]:
     dst = Path(dst)
@@ -27,6 +34,10 @@ def _destination(dst: str | PathLike[str]) -> tuple[Path, Path]:
 def convert(src: str | PathLike[str], dst: str | PathLike[str], config: Any = None) -> tuple[Path, Path]:
     """Convert checkpoint ``src`` to ``<dst>.safetensors`` and ``<dst>.json``.
 
+    Both files are written atomically, and only after every check: nothing is written when a destination is
+    a file that is read (``src``, its ``<stem>.json``, a config file; compared by file identity), lies under a
+    non-folder or on a read-only file system.
+
     Args:
         src: anything :func:`mimicfast.models.load` reads (EDM ``.pkl``, guided-diffusion ``.pt``, ...).
         dst: output path stem (a ``.safetensors`` or ``.json`` suffix is stripped).
@@ -36,34 +47,37 @@ def convert(src: str | PathLike[str], dst: str | PathLike[str], config: Any = No
         The two written paths (weights, config).
 
     Raises:
-        InputError: an output would overwrite ``src``, or the model came from a diffusers directory (already
-            stored as safetensors by diffusers).
+        InputError: an output would replace a file that is read, the destination cannot be written, or the
+            model came from a diffusers directory (already stored as safetensors by diffusers).
         CheckpointError / FileNotFoundError: from loading ``src``.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
+    from mimicfast.io import check_outputs, check_writable_dir, files_read_by_load, write_atomic
     from mimicfast.models import load
 
     weights, cfg_path = _destination(dst)
     src = Path(src)
-    if src.exists() and src.resolve() in (weights.resolve(), cfg_path.resolve()):
-        raise InputError(f"convert would overwrite its source {src}; choose another destination")
+    check_writable_dir(weights.parent, "destination")
+    reads = files_read_by_load(src, None if config is None or isinstance(config, dict) else str(config))
+    check_outputs([weights, cfg_path], reads)  # before loading: a refused destination costs nothing
     model = load(src, config)
     cfg = getattr(model, "checkpoint_config", None)
     if cfg is None or cfg.get("family") not in ("guided_diffusion", "edm"):
         raise InputError(f"{src}: only guided-diffusion and EDM networks can be converted (diffusers models are "
                          "already safetensors)")
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    text = json.dumps(cfg, indent=1, allow_nan=False) + "\n"
     weights.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(weights), metadata={"format": "pt", "family": cfg["family"]})
-    cfg_path.write_text(json.dumps(cfg, indent=1, allow_nan=False) + "\n")
+    write_atomic(weights, lambda f: f.write(save(tensors, metadata={"format": "pt", "family": cfg["family"]})))
+    write_atomic(cfg_path, lambda f: f.write(text.encode()))
     return weights, cfg_path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``mimicfast convert``."""
     p = subparsers.add_parser("convert", help="convert a checkpoint to safetensors + JSON config",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", type=Path, help="checkpoint: EDM .pkl, .pt/.pth/.bin/.ckpt, .safetensors")
     p.add_argument("dst", type=Path, help="output stem: writes DST.safetensors and DST.json")
     p.add_argument("--config", default=None,

@@ -131,7 +131,7 @@ def test_never_overwrites_an_input(checkpoint, image, capsys) -> None:
     assert (
         main(["purify", str(target), str(image), "-o", str(image.parent), "--checkpoint", str(checkpoint), *ARGS]) == 2
     )
-    assert "overwrite an input" in capsys.readouterr().err
+    assert "would overwrite a file this command reads" in capsys.readouterr().err
     assert target.read_bytes() == before
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -14,20 +14,8 @@ from tqdm.auto import tqdm
 from mimicfast.classifier import FashionCNN
 from mimicfast.evaluate import accuracy
 from mimicfast.train.common import batches, export_safetensors, load_checkpoint, save_checkpoint, step_generator
+from mimicfast.train.configs import ClassifierConfig
 from mimicfast.train.data import fashion_mnist_tensors
-
-
-@dataclass
-class ClassifierConfig:
-    """Hyper-parameters of :func:`train_classifier` (all recorded in the checkpoint)."""
-
-    width: int = 16
-    steps: int = 2400
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 5e-4
-    seed: int = 0
-    checkpoint_every: int = 200
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""``mimicfast train {classifier,ddpm}``: train the bundled Fashion-MNIST models (seeded, resumable).
+"""``mimicfast train classifier|ddpm``: train the bundled Fashion-MNIST models (seeded, resumable).
 
 Re-running the same command with the same ``--run-dir`` resumes from the last checkpoint.
 """
@@ -9,9 +9,7 @@ import argparse
 import json
 from dataclasses import fields
 
-import torch
-
-from mimicfast.train.classifier import ClassifierConfig, train_classifier
+from mimicfast.train.configs import ClassifierConfig, DDPMConfig
 
 
 def _add_config_args(parser: argparse.ArgumentParser, config_cls) -> None:
@@ -29,8 +27,6 @@ def _config_from_args(config_cls, args: argparse.Namespace):
 
 def add_parser(subparsers) -> None:
     """Register ``train`` and its ``classifier`` / ``ddpm`` subcommands."""
-    from mimicfast.train.ddpm import DDPMConfig
-
     parser = subparsers.add_parser("train", help="train the bundled Fashion-MNIST classifier or diffusion model")
     sub = parser.add_subparsers(dest="what", required=True)
     for name, cfg_cls, default_export in (
@@ -48,6 +44,9 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from mimicfast.train.classifier import train_classifier
     from mimicfast.train.ddpm import train_ddpm
 
     if args.threads:

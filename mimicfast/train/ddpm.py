@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from mimicfast.models import guided_diffusion_unet
 from mimicfast.schedules import alphas_cumprod, linear_betas
 from mimicfast.train.common import batches, export_safetensors, load_checkpoint, save_checkpoint, step_generator
+from mimicfast.train.configs import DDPMConfig
 from mimicfast.train.data import fashion_mnist_tensors
 
 #: ``create_model`` keyword arguments of the bundled model (registered as the config "fashion-mnist-32").
@@ -43,23 +44,6 @@ FMNIST_UNET_CONFIG: dict = {
     "use_new_attention_order": False,
     "dropout": 0.0,
 }
-
-
-@dataclass
-class DDPMConfig:
-    """Hyper-parameters of :func:`train_ddpm` (recorded in the checkpoint and the exported JSON)."""
-
-    steps: int = 8000
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup: int = 200
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    num_channels: int = 32
-    num_res_blocks: int = 1
-    seed: int = 0
-    checkpoint_every: int = 100
-    bf16: bool = True
 
 
 def unet_config(cfg: DDPMConfig) -> dict:
