@@ -13,7 +13,6 @@ import torch
 
 from benches.conftest import DEVICE, cases, skip_reason
 from mimicfast import ops
-from mimicfast.ops import _dispatch
 from mimicfast.reference.ops import bicubic_up4_adjoint_reference, bicubic_up4_reference
 
 BYTES_PER_ELEMENT = 4 + 16 * 4
@@ -26,7 +25,7 @@ OPS = {
 
 @pytest.mark.parametrize("op", list(OPS))
 @pytest.mark.parametrize("shape, provider", cases())
-def test_bicubic_up4(run_bench, monkeypatch, op, shape, provider):
+def test_bicubic_up4(run_bench, request, op, shape, provider):
     reason = skip_reason(op, shape, provider)
     if reason is not None:
         pytest.skip(reason)
@@ -42,7 +41,8 @@ def test_bicubic_up4(run_bench, monkeypatch, op, shape, provider):
     elif provider == "compile":
         call = torch.compile(reference, dynamic=False)
     else:
-        monkeypatch.setenv(_dispatch.ENV, provider)
+        previous = ops.set_backend(provider)
+        request.addfinalizer(lambda: ops.set_backend(previous))
         call = fast
     numel = b * c * h * w
     run_bench(op, shape, provider, call, make, BYTES_PER_ELEMENT * numel, FLOPS_PER_ELEMENT * numel, reference)

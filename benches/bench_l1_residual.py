@@ -1,6 +1,6 @@
 """Benches of the fused guidance residual ``mimicfast.ops.l1_residual`` (bicubic H, the paper's; fp32 inputs).
 
-Floor counts per element of x0_hat (DESIGN.md §5): bytes = x0_hat + y read + r written (4 + 4 + 4). FP32
+Floor counts per element of x0_hat (docs/DESIGN.md §5): bytes = x0_hat + y read + r written (4 + 4 + 4). FP32
 FLOPs of the fused formulation with every stencil separable and nothing recomputed: d = x0_hat - y (1);
 H d: horizontal 4 taps on H x 4W values then vertical 4 taps on 4H x 4W values = 16 + 64 multiply-adds (160);
 H^T of the signs: x-adjoint 16 taps on 4H x W values then y-adjoint 16 taps on H x W = 64 + 16 (160);
@@ -14,7 +14,6 @@ import torch
 
 from benches.conftest import DEVICE, cases, skip_reason
 from mimicfast import ops
-from mimicfast.ops import _dispatch
 from mimicfast.reference.ops import l1_residual_reference
 
 OP = "l1_residual"
@@ -27,7 +26,7 @@ def _reference(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("shape, provider", cases())
-def test_l1_residual(run_bench, monkeypatch, shape, provider):
+def test_l1_residual(run_bench, request, shape, provider):
     reason = skip_reason(OP, shape, provider)
     if reason is not None:
         pytest.skip(reason)
@@ -41,7 +40,8 @@ def test_l1_residual(run_bench, monkeypatch, shape, provider):
     elif provider == "compile":
         call = torch.compile(l1_residual_reference, dynamic=False)
     else:
-        monkeypatch.setenv(_dispatch.ENV, provider)
+        previous = ops.set_backend(provider)
+        request.addfinalizer(lambda: ops.set_backend(previous))
 
         def call(x, y):
             return ops.l1_residual(x, y, "bicubic")

@@ -1,4 +1,4 @@
-"""Triton kernels for H, the bicubic x4 upsampling, and its adjoint H^T (DESIGN.md §2, paper Eq. 12).
+"""Triton kernels for H, the bicubic x4 upsampling, and its adjoint H^T (docs/DESIGN.md §2, paper Eq. 12).
 
 PyTorch semantics (``F.interpolate(scale_factor=4, mode="bicubic", align_corners=False)``): high-res index p
 reads the source coordinate ``src = (p + 0.5) / 4 - 0.5`` (not clamped at 0 for cubic), taps
@@ -11,7 +11,8 @@ window is the same at the border; only the weights differ there (a border pixel 
 adjoint kernels gather over this window (no atomics): ``(H^T g)[i] = sum_c A(4 i - 6 + c, i) g[4 i - 6 + c]``.
 
 Arithmetic is float32 for fp16 / bf16 / fp32 inputs and float64 for float64 inputs. Triton is imported
-here, not in ``mimicfast.kernels``, so that ``mimicfast`` stays importable without it.
+here, not in ``mimicfast.kernels``, so that ``mimicfast`` stays importable without it. The launchers trust
+their inputs (``mimicfast.ops`` validates them): 4-D float tensors, on CUDA or under TRITON_INTERPRET=1.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ import torch
 import triton
 import triton.language as tl
 
-from mimicfast.errors import InputError
-from mimicfast.ops import _dispatch
+from mimicfast.upsample import SCALE
 
-SCALE = 4
+from .tensors import compute_dtype, empty_like_layout
+
 # Width of the adjoint window (see module docstring) and the offset of its first element.
 WINDOW = tl.constexpr(16)
 WINDOW_START = tl.constexpr(-6)
@@ -174,16 +175,9 @@ def _bicubic_up4_adjoint_kernel(
         o0, o1, o2, o3, o4 = o1, o2, o3, o4, tl.zeros([BW], dtype=CDT)
 
 
-def compute_dtype(dtype: torch.dtype) -> tl.dtype:
+def tl_compute_dtype(dtype: torch.dtype) -> tl.dtype:
     """Arithmetic dtype of the kernels (as Triton spells it): float64 for float64 data, float32 otherwise."""
-    return tl.float64 if _dispatch.compute_dtype(dtype) == torch.float64 else tl.float32
-
-
-def check_tensor(name: str, t: torch.Tensor) -> None:
-    """Raise :class:`InputError` unless ``t`` is a 4-D float tensor that Triton can reach."""
-    _dispatch.check_tensor(name, t)
-    if not t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise InputError(f"{name} is on {t.device}; Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1)")
+    return tl.float64 if compute_dtype(dtype) == torch.float64 else tl.float32
 
 
 def block(n: int, gpu: int, interpreter: int) -> int:
@@ -206,14 +200,13 @@ def bicubic_up4_triton(x: torch.Tensor) -> torch.Tensor:
     Returns:
         [B, C, 4H, 4W] in ``x.dtype`` and ``x``'s memory format; fp32 arithmetic (fp64 for fp64).
     """
-    check_tensor("x", x)
     bsz, ch, h, w = x.shape
-    out = _dispatch.empty_like_layout((bsz, ch, SCALE * h, SCALE * w), x, x.dtype)
+    out = empty_like_layout((bsz, ch, SCALE * h, SCALE * w), x, x.dtype)
     if out.numel() == 0:
         return out
     bp, bq = block(SCALE * h, 16, 64), block(SCALE * w, 64, 256)
     _bicubic_up4_kernel[grid(bsz * ch, SCALE * h, SCALE * w, bp, bq)](
-        x, out, ch, h, w, *x.stride(), *out.stride(), CDT=compute_dtype(x.dtype), BP=bp, BQ=bq
+        x, out, ch, h, w, *x.stride(), *out.stride(), CDT=tl_compute_dtype(x.dtype), BP=bp, BQ=bq
     )
     return out
 
@@ -222,22 +215,19 @@ def bicubic_up4_adjoint_triton(g: torch.Tensor) -> torch.Tensor:
     """H^T g: the gradient of :func:`bicubic_up4_triton` w.r.t. its input, by gathering (no atomics).
 
     Args:
-        g: [B, C, 4H, 4W], fp16 / bf16 / fp32 / fp64, any strides, CUDA.
+        g: [B, C, 4H, 4W] (both spatial sizes multiples of 4), fp16 / bf16 / fp32 / fp64, any strides, CUDA.
     Returns:
         [B, C, H, W] in ``g.dtype`` and ``g``'s memory format; fp32 arithmetic (fp64 for fp64).
     """
-    check_tensor("g", g)
     bsz, ch, gh, gw = g.shape
-    if gh % SCALE or gw % SCALE:
-        raise InputError(f"adjoint input spatial size {(gh, gw)} is not a multiple of {SCALE}")
     h, w = gh // SCALE, gw // SCALE
-    out = _dispatch.empty_like_layout((bsz, ch, h, w), g, g.dtype)
+    out = empty_like_layout((bsz, ch, h, w), g, g.dtype)
     if out.numel() == 0:
         return out
     # One output column per lane (BW = 32 x warps): the column windows are reduced inside each thread.
     bh, bw = block(h, 32, 16), block(w, 128, 128)
     _bicubic_up4_adjoint_kernel[grid(bsz * ch, h, w, bh, bw)](
-        g, out, ch, h, w, *g.stride(), *out.stride(), CDT=compute_dtype(g.dtype), BH=bh, BW=bw,
+        g, out, ch, h, w, *g.stride(), *out.stride(), CDT=tl_compute_dtype(g.dtype), BH=bh, BW=bw,
         num_warps=max(1, bw // 32),
     )  # fmt: skip
     return out

@@ -1,4 +1,4 @@
-"""Fused Triton kernel of the guidance residual (DESIGN.md §2, paper Eq. 11-13).
+"""Fused Triton kernel of the guidance residual (docs/DESIGN.md §2, paper Eq. 11-13).
 
     r_b = weight_b * (long_weight * sign(d_b) + short_weight * H^T sign(H d_b)),   d = x0_hat - y,  sign(0) = 0
 
@@ -14,7 +14,8 @@ a rolling window of five output-row accumulators; a row is written once its last
 high-res value is thus recomputed 4 times (the x-window overlap), never stored.
 
 Nearest H: ``H^T sign(H d) = 16 sign(d)`` exactly (each low-res pixel is copied to 16 high-res ones), so the
-residual is ``(long_weight + 16 short_weight) sign(d)``; ``upsample=None`` drops the short-range term.
+residual is ``(long_weight + 16 short_weight) sign(d)``; ``UpsampleMode.NONE`` drops the short-range term.
+The mode reaches the kernel as its :class:`~mimicfast.upsample.UpsampleMode` code, a compile-time constant.
 """
 
 from __future__ import annotations
@@ -23,24 +24,25 @@ import torch
 import triton
 import triton.language as tl
 
-from mimicfast.errors import InputError
-from mimicfast.ops import _dispatch
+from mimicfast.upsample import UpsampleMode
 
 from .bicubic_up4 import (
     WINDOW,
     WINDOW_START,
     adjoint_weight,
     block,
-    check_tensor,
-    compute_dtype,
     cubic_taps,
     finished_row,
     grid,
     phase_taps,
     spread_rows,
+    tl_compute_dtype,
 )
+from .tensors import compute_dtype, empty_like_layout
 
-_MODES = {None: 0, "nearest": 1, "bicubic": 2}
+# The mode codes as compile-time constants of the kernel (the values of UpsampleMode, shared with C++).
+BICUBIC = tl.constexpr(int(UpsampleMode.BICUBIC))
+NEAREST = tl.constexpr(int(UpsampleMode.NEAREST))
 
 
 @triton.jit
@@ -136,7 +138,7 @@ def _l1_residual_kernel(
 
     r_base = r_ptr + b.to(tl.int64) * srb + ch.to(tl.int64) * src
     w_b = tl.load(w_ptr + b).to(CDT) if HAS_WEIGHT else 1.0
-    if MODE == 2:
+    if MODE == BICUBIC:
         # x-adjoint weights of the column window of every output column (border clamping included).
         hq = 4 * cols[None, :] + WINDOW_START + tl.arange(0, WINDOW)[:, None]
         wxt = adjoint_weight(hq, cols[None, :], W, CDT)
@@ -193,7 +195,7 @@ def _l1_residual_kernel(
         cc = tl.minimum(cols, W - 1)[None, :]
         d = tl.load(x_base + rc * sxh + cc * sxw).to(CDT) - tl.load(y_base + rc * syh + cc * syw).to(CDT)
         # Nearest: H^T sign(H d) = 16 sign(d); None: long-range term only.
-        coef = long_w + 16.0 * short_w if MODE == 1 else long_w
+        coef = long_w + 16.0 * short_w if MODE == NEAREST else long_w
         mask = (rows < H)[:, None] & (cols < W)[None, :]
         tl.store(r_base + rows[:, None] * srh + cols[None, :] * srw, coef * _sign(d) * w_b, mask=mask)
 
@@ -207,7 +209,7 @@ def _split(value: float) -> tuple[float, float]:
 def l1_residual_triton(
     x0_hat: torch.Tensor,
     y: torch.Tensor,
-    upsample: str | None = "bicubic",
+    upsample: UpsampleMode | int = UpsampleMode.BICUBIC,
     weight: torch.Tensor | None = None,
     long_weight: float = 1.0,
     short_weight: float = 1.0,
@@ -215,34 +217,21 @@ def l1_residual_triton(
     """Guidance residual ``r = weight_b (long_weight sign(d) + short_weight H^T sign(H d))``, d = x0_hat - y.
 
     Same contract as :func:`mimicfast.reference.ops.l1_residual_reference` (the spec), computed in one pass.
+    Inputs are trusted (``mimicfast.ops.l1_residual`` validates them).
 
     Args:
-        x0_hat, y: [B, C, H, W], same shape and device; fp16 / bf16 / fp32 / fp64; any strides
-            (contiguous and channels_last are read in place, no copy).
-        upsample: ``"bicubic"`` (paper), ``"nearest"`` (released code) or ``None`` (long-range term only).
-        weight: optional per-sample weight, shape [B], any float dtype.
+        x0_hat, y: [B, C, H, W], same shape, dtype and device (CUDA, or the CPU under TRITON_INTERPRET=1);
+            fp16 / bf16 / fp32 / fp64; any strides (contiguous and channels_last are read in place, no copy).
+        upsample: the :class:`~mimicfast.upsample.UpsampleMode` (or its code): ``BICUBIC`` (paper),
+            ``NEAREST`` (released code) or ``NONE`` (long-range term only).
+        weight: optional per-sample weight, shape [B], any float dtype, same device.
         long_weight, short_weight: scalar weights of the two terms.
 
     Returns:
         r, [B, C, H, W], float32 (float64 for float64 inputs), in ``x0_hat``'s memory format.
     """
-    check_tensor("x0_hat", x0_hat)
-    check_tensor("y", y)
-    if x0_hat.shape != y.shape:
-        raise InputError(f"x0_hat {tuple(x0_hat.shape)} and y {tuple(y.shape)} differ in shape")
-    if x0_hat.device != y.device:
-        raise InputError(f"x0_hat is on {x0_hat.device} but y is on {y.device}")
-    if upsample not in _MODES:
-        raise InputError(f"unknown upsample mode {upsample!r}; expected 'bicubic', 'nearest' or None")
     bsz, ch, h, w = x0_hat.shape
-    if weight is not None:
-        if not isinstance(weight, torch.Tensor) or weight.shape != (bsz,):
-            raise InputError(f"weight must be a tensor of shape [{bsz}], got {getattr(weight, 'shape', weight)}")
-        if weight.device != x0_hat.device or not weight.is_floating_point():
-            raise InputError(
-                f"weight must be a floating tensor on {x0_hat.device}, got {weight.dtype} on {weight.device}"
-            )
-    r = _dispatch.empty_like_layout(x0_hat.shape, x0_hat, _dispatch.compute_dtype(x0_hat.dtype))
+    r = empty_like_layout(x0_hat.shape, x0_hat, compute_dtype(x0_hat.dtype))
     if r.numel() == 0:
         return r
     # GPU tiles: 32 rows x 128 columns, 4 warps, one column per lane, so the 16-wide column windows stay in
@@ -252,7 +241,7 @@ def l1_residual_triton(
     _l1_residual_kernel[grid(bsz * ch, h, w, bh, bw)](
         x0_hat, y, weight if weight is not None else r, r, ch, h, w,
         *x0_hat.stride(), *y.stride(), *r.stride(), *_split(long_weight), *_split(short_weight),
-        MODE=_MODES[upsample], HAS_WEIGHT=weight is not None, CDT=compute_dtype(x0_hat.dtype), BH=bh, BW=bw,
+        MODE=int(upsample), HAS_WEIGHT=weight is not None, CDT=tl_compute_dtype(x0_hat.dtype), BH=bh, BW=bw,
         num_warps=max(1, bw // 32),
     )  # fmt: skip
     return r

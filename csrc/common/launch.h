@@ -9,7 +9,8 @@ namespace mimicfast {
 
 enum class DType : int32_t { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
-// Upsampling operator H of the short-range guidance term; the values are the Python-side codes.
+// Upsampling operator H of the short-range guidance term. The values are those of mimicfast.upsample.UpsampleMode
+// (mimicfast._C.upsample_modes exports them; tests/ops/test_upsample_modes.py checks that the two agree).
 enum class Upsample : int32_t { kNone = 0, kBicubic = 1, kNearest = 2 };
 
 // A strided [B, C, rows, cols] tensor view; strides are in elements.
@@ -19,7 +20,7 @@ struct View4 {
   int64_t stride[4];
 };
 
-// r = weight_b * (long_weight * sign(d) + short_weight * H^T sign(H d)), d = x0_hat - y (see ops.py).
+// r = weight_b * (long_weight * sign(d) + short_weight * H^T sign(H d)), d = x0_hat - y (mimicfast/ops/l1_residual.py).
 struct L1ResidualArgs {
   int64_t B, C, H, W;  // low-res sizes of x0_hat, y and r
   View4 x0_hat, y;     // both of dtype `in_dtype`

@@ -1,5 +1,5 @@
 // Fused guidance residual on the CPU: r = weight_b * (long_weight sign(d) + short_weight H^T sign(H d)),
-// d = x0_hat - y (DESIGN.md §2). Each plane is swept once, high-res row by high-res row: H d is formed
+// d = x0_hat - y (docs/DESIGN.md §2). Each plane is swept once, high-res row by high-res row: H d is formed
 // from a ring of horizontally upsampled rows of d, its sign reduced horizontally by the adjoint gather and
 // accumulated into the (low-res) output rows. Only O(row) scratch per thread; H d never exists as a tensor.
 #include <cstdint>

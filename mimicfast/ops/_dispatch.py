@@ -1,10 +1,14 @@
-"""Backend discovery and selection for the guidance ops (DESIGN.md §3).
+"""The one dispatch layer of the guidance ops (docs/DESIGN.md §3).
 
 Four backends implement every op: ``triton`` (``mimicfast.kernels``), ``cuda`` and ``cpp`` (the compiled
-extension ``mimicfast._C``) and ``reference`` (``mimicfast.reference.ops``, always available). By default a
-CUDA tensor runs on ``triton``, then ``cuda``; a CPU tensor on ``cpp``; ``reference`` is the last fallback.
-``MIMICFAST_BACKEND=auto|triton|cuda|cpp|reference`` forces one (read at every call, so it also applies
-inside ``torch.compile``d code, where the ops are opaque). Probing never initialises CUDA.
+extension ``mimicfast._C``) and ``reference`` (``mimicfast.reference.ops``, always available). Each op registers
+one CPU kernel and one CUDA kernel with ``torch.library`` (:func:`register`); each of them runs the backend
+chosen for its device type, once, on its first call: by default ``triton``, then ``cuda``, for CUDA tensors and
+``cpp`` for CPU tensors, ``reference`` last. ``MIMICFAST_BACKEND=auto|triton|cuda|cpp|reference`` (read once,
+when this module is imported) or :func:`set_backend` forces one. The choice is looked up when a kernel runs,
+so it also holds inside ``torch.compile``d code, where the ops are opaque, and in CUDA graphs captured after it.
+Inputs are validated once, by the public op (:func:`check_tensor`); the backends trust them. Probing never
+initialises CUDA and never imports Triton before a CUDA kernel runs on it.
 """
 
 from __future__ import annotations
@@ -12,21 +16,24 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from types import ModuleType
 from typing import Any
 
 import torch
 
 from mimicfast.errors import InputError
-from mimicfast.reference.ops import compute_dtype  # noqa: F401 -- re-exported for the launchers
+from mimicfast.kernels.tensors import empty_like_layout
 
 BACKENDS = ("triton", "cuda", "cpp", "reference")
 ENV = "MIMICFAST_BACKEND"
-# Preference order of MIMICFAST_BACKEND=auto per device type. On CUDA, Triton comes first until the CUDA
-# C++ kernels are measured faster on a GPU (benches/README.md).
+DEVICE_TYPES = ("cpu", "cuda")
+# Preference order of the automatic choice per device type. On CUDA, Triton comes first until the CUDA C++
+# kernels are measured faster on a GPU (benches/README.md).
 _AUTO = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")}
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+Kernel = Callable[..., torch.Tensor]
 
 
 @functools.cache
@@ -39,7 +46,7 @@ def _extension() -> tuple[ModuleType | None, str | None]:
 
 
 def extension() -> ModuleType:
-    """The compiled extension ``mimicfast._C`` (call only after :func:`select` chose ``cpp`` or ``cuda``)."""
+    """The compiled extension ``mimicfast._C`` (call only once ``cpp`` or ``cuda`` was chosen)."""
     ext, reason = _extension()
     if ext is None:
         raise RuntimeError(reason)
@@ -107,46 +114,94 @@ def backends() -> dict[str, dict[str, Any]]:
     return report
 
 
-def select(device: torch.device) -> str:
-    """The backend that runs an op on ``device``: ``MIMICFAST_BACKEND`` if set, else the first usable one."""
-    forced = os.environ.get(ENV, "auto").strip().lower() or "auto"
-    if forced == "auto":
-        for name in _AUTO.get(device.type, ("reference",)):
-            if why_unavailable(name, device.type) is None:
-                return name
-        return "reference"
-    if forced not in BACKENDS:
-        raise InputError(f"{ENV}={forced!r} is not one of auto, {', '.join(BACKENDS)}")
-    reason = why_unavailable(forced, device.type)
-    if reason is not None:
-        raise RuntimeError(f"{ENV}={forced} cannot run on {device.type} tensors: {reason}")
-    return forced
+def _normalise(name: str | None) -> str:
+    return (name or "auto").strip().lower() or "auto"
 
 
-def memory_format(t: torch.Tensor) -> torch.memory_format:
-    """Layout of an op's output: channels_last when ``t`` is laid out that way (and not also contiguous)."""
-    if not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+_forced = _normalise(os.environ.get(ENV))  # the only read of MIMICFAST_BACKEND; checked on first use
+_chosen: dict[str, str] = {}  # device type -> backend, filled by backend_for
 
 
-def empty_like_layout(shape: tuple[int, ...] | torch.Size, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised output of ``shape`` and ``dtype`` on ``like``'s device in ``like``'s layout."""
-    return torch.empty(shape, dtype=dtype, device=like.device, memory_format=memory_format(like))
+def set_backend(name: str | None = None) -> str:
+    """Force one backend for every op on every device (``"auto"`` or None: the automatic choice).
+
+    Overrides ``MIMICFAST_BACKEND``. Takes effect at the next op call, also inside ``torch.compile``d code;
+    CUDA graphs captured before keep the kernels they captured.
+
+    Args:
+        name: ``"auto"``, ``"triton"``, ``"cuda"``, ``"cpp"``, ``"reference"`` or None.
+
+    Returns:
+        The previous setting (pass it back to restore it).
+
+    Raises:
+        InputError: ``name`` is not a backend.
+    """
+    global _forced
+    name = _normalise(name)
+    if name != "auto" and name not in BACKENDS:
+        raise InputError(f"backend {name!r} is not one of auto, {', '.join(BACKENDS)}")
+    previous, _forced = _forced, name
+    _chosen.clear()
+    return previous
+
+
+def forced_backend() -> str:
+    """The current setting: ``"auto"`` or the forced backend's name (as :func:`set_backend` takes it)."""
+    return _forced
+
+
+def backend_for(device_type: str) -> str:
+    """The backend that runs the ops on tensors of ``device_type`` (chosen on the first call, then cached).
+
+    Raises:
+        InputError: ``MIMICFAST_BACKEND`` names no backend.
+        RuntimeError: the forced backend cannot run on ``device_type``.
+    """
+    chosen = _chosen.get(device_type)
+    if chosen is not None:
+        return chosen
+    if _forced == "auto":
+        chosen = next((n for n in _AUTO.get(device_type, ()) if why_unavailable(n, device_type) is None), "reference")
+    elif _forced not in BACKENDS:
+        raise InputError(f"{ENV}={_forced!r} is not one of auto, {', '.join(BACKENDS)}")
+    else:
+        reason = why_unavailable(_forced, device_type)
+        if reason is not None:
+            raise RuntimeError(f"backend {_forced} cannot run on {device_type} tensors: {reason}")
+        chosen = _forced
+    _chosen[device_type] = chosen
+    return chosen
+
+
+def register(op: Any, kernels: Mapping[str, Kernel]) -> None:
+    """Register ``op``'s CPU and CUDA kernels: each calls ``kernels[backend_for(its device type)]``.
+
+    Args:
+        op: a ``torch.library.custom_op``.
+        kernels: one function per backend name, with the op's signature; inputs are already validated.
+    """
+    for device_type in DEVICE_TYPES:
+        op.register_kernel(device_type, _routed(device_type, kernels))
+
+
+def _routed(device_type: str, kernels: Mapping[str, Kernel]) -> Kernel:
+    def kernel(*args: Any) -> torch.Tensor:
+        return kernels[backend_for(device_type)](*args)
+
+    return kernel
 
 
 def to_layout(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``out`` with exactly the strides of :func:`empty_like_layout` (what the fake kernels promise)."""
+    """``out`` with exactly the strides of ``empty_like_layout`` (what the fake kernels promise)."""
     expected = empty_like_layout(out.shape, like, out.dtype)
     if out.stride() == expected.stride():
         return out
     return expected.copy_(out)
 
 
-def launch_context(t: torch.Tensor) -> tuple[contextlib.AbstractContextManager, int]:
-    """(device guard, cudaStream_t as int) for a compiled-kernel launch on ``t``'s device; (null, 0) on CPU."""
-    if not t.is_cuda:
-        return contextlib.nullcontext(), 0
+def cuda_launch(t: torch.Tensor) -> tuple[contextlib.AbstractContextManager, int]:
+    """(device guard, cudaStream_t as int) for a launch of the compiled CUDA kernels on ``t``'s device."""
     return torch.cuda.device(t.device), torch.cuda.current_stream(t.device).cuda_stream
 
 

@@ -1,9 +1,10 @@
 """Bicubic x4 upsampling H and its adjoint H^T: ``mimicfast.ops.bicubic_up4`` / ``bicubic_up4_adjoint``.
 
 ``bicubic_up4(x) == F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)`` (Keys a = -0.75,
-border clamp) and ``bicubic_up4_adjoint`` is its gradient (DESIGN.md §2: the short-range term of the
+border clamp) and ``bicubic_up4_adjoint`` is its gradient (docs/DESIGN.md §2: the short-range term of the
 guidance loss). Registered as the custom ops ``mimicfast::bicubic_up4`` and ``mimicfast::bicubic_up4_adjoint``,
-each the other's backward; the spec is :mod:`mimicfast.reference.ops`.
+each the other's backward, with one kernel per backend behind :mod:`mimicfast.ops._dispatch`; the spec is
+:mod:`mimicfast.reference.ops`.
 """
 
 from __future__ import annotations
@@ -11,54 +12,87 @@ from __future__ import annotations
 import torch
 
 from mimicfast.errors import InputError
+from mimicfast.kernels.tensors import empty_like_layout
 from mimicfast.ops import _dispatch
-from mimicfast.reference.ops import SCALE, bicubic_up4_adjoint_reference, bicubic_up4_reference
+from mimicfast.reference.ops import bicubic_up4_adjoint_reference, bicubic_up4_reference
+from mimicfast.upsample import SCALE
+
+# The backends' kernels, called with validated inputs; each returns its result in its input's layout.
 
 
+def _up_reference(x):
+    return _dispatch.to_layout(bicubic_up4_reference(x), x)
+
+
+def _up_triton(x):
+    from mimicfast.kernels.bicubic_up4 import bicubic_up4_triton
+
+    return bicubic_up4_triton(x)
+
+
+def _up_cpp(x):
+    return _dispatch.to_layout(_dispatch.extension().bicubic_up4_cpu(x), x)
+
+
+def _up_cuda(x):
+    guard, stream = _dispatch.cuda_launch(x)
+    with guard:
+        out = _dispatch.extension().bicubic_up4_cuda(x, stream)
+    return _dispatch.to_layout(out, x)
+
+
+def _adjoint_reference(g):
+    with _dispatch.autograd_enabled():
+        return _dispatch.to_layout(bicubic_up4_adjoint_reference(g), g)
+
+
+def _adjoint_triton(g):
+    from mimicfast.kernels.bicubic_up4 import bicubic_up4_adjoint_triton
+
+    return bicubic_up4_adjoint_triton(g)
+
+
+def _adjoint_cpp(g):
+    return _dispatch.to_layout(_dispatch.extension().bicubic_up4_adjoint_cpu(g), g)
+
+
+def _adjoint_cuda(g):
+    guard, stream = _dispatch.cuda_launch(g)
+    with guard:
+        out = _dispatch.extension().bicubic_up4_adjoint_cuda(g, stream)
+    return _dispatch.to_layout(out, g)
+
+
+# The ops' own bodies serve devices other than the CPU and CUDA (whose kernels _dispatch.register adds).
 @torch.library.custom_op("mimicfast::bicubic_up4", mutates_args=())
 def _bicubic_up4_op(x: torch.Tensor) -> torch.Tensor:
-    backend = _dispatch.select(x.device)
-    if backend == "reference":
-        out = bicubic_up4_reference(x)
-    elif backend == "triton":
-        from mimicfast.kernels.bicubic_up4 import bicubic_up4_triton
-
-        out = bicubic_up4_triton(x)
-    else:
-        guard, stream = _dispatch.launch_context(x)
-        with guard:
-            out = _dispatch.extension().bicubic_up4(x, stream)
-    return _dispatch.to_layout(out, x)
+    return _up_reference(x)
 
 
 @torch.library.custom_op("mimicfast::bicubic_up4_adjoint", mutates_args=())
 def _bicubic_up4_adjoint_op(g: torch.Tensor) -> torch.Tensor:
-    backend = _dispatch.select(g.device)
-    if backend == "reference":
-        with _dispatch.autograd_enabled():
-            out = bicubic_up4_adjoint_reference(g)
-    elif backend == "triton":
-        from mimicfast.kernels.bicubic_up4 import bicubic_up4_adjoint_triton
+    return _adjoint_reference(g)
 
-        out = bicubic_up4_adjoint_triton(g)
-    else:
-        guard, stream = _dispatch.launch_context(g)
-        with guard:
-            out = _dispatch.extension().bicubic_up4_adjoint(g, stream)
-    return _dispatch.to_layout(out, g)
+
+_dispatch.register(
+    _bicubic_up4_op, {"reference": _up_reference, "triton": _up_triton, "cpp": _up_cpp, "cuda": _up_cuda}
+)
+_dispatch.register(
+    _bicubic_up4_adjoint_op,
+    {"reference": _adjoint_reference, "triton": _adjoint_triton, "cpp": _adjoint_cpp, "cuda": _adjoint_cuda},
+)
 
 
 @_bicubic_up4_op.register_fake
 def _(x):
     b, c, h, w = x.shape
-    return _dispatch.empty_like_layout((b, c, SCALE * h, SCALE * w), x, x.dtype)
+    return empty_like_layout((b, c, SCALE * h, SCALE * w), x, x.dtype)
 
 
 @_bicubic_up4_adjoint_op.register_fake
 def _(g):
     b, c, h, w = g.shape
-    torch._check(h % SCALE == 0 and w % SCALE == 0, lambda: f"adjoint input {tuple(g.shape)} is not 4x upsampled")
-    return _dispatch.empty_like_layout((b, c, h // SCALE, w // SCALE), g, g.dtype)
+    return empty_like_layout((b, c, h // SCALE, w // SCALE), g, g.dtype)
 
 
 # H is linear: the backward of H is H^T and the backward of H^T is H.

@@ -28,19 +28,20 @@ def test_float64_matches_reference(backend, shapes_for):
         x = _randn(shape, torch.float64, device)
         g = _randn(_up4_shape(shape), torch.float64, device, seed=1)
         torch.testing.assert_close(bicubic_up4(x), bicubic_up4_reference(x), rtol=1e-13, atol=1e-13)
-        torch.testing.assert_close(
-            bicubic_up4_adjoint(g), bicubic_up4_adjoint_reference(g), rtol=1e-13, atol=1e-12
-        )
+        torch.testing.assert_close(bicubic_up4_adjoint(g), bicubic_up4_adjoint_reference(g), rtol=1e-13, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_error_at_most_twice_pytorch(full_backend, dtype):
-    """DESIGN.md §4: error against the float64 reference <= ~2x that of plain PyTorch in the same dtype."""
+    """docs/DESIGN.md §4: error against the float64 reference <= ~2x that of plain PyTorch in the same dtype."""
     name, device = full_backend
     shape = SHAPES[1]
     x = _randn(shape, torch.float64, device, seed=2)
     g = _randn(_up4_shape(shape), torch.float64, device, seed=3)
-    for fast, ref, inp in ((bicubic_up4, bicubic_up4_reference, x), (bicubic_up4_adjoint, bicubic_up4_adjoint_reference, g)):
+    for fast, ref, inp in (
+        (bicubic_up4, bicubic_up4_reference, x),
+        (bicubic_up4_adjoint, bicubic_up4_adjoint_reference, g),
+    ):
         exact = ref(inp.to(dtype).double())
         out = fast(inp.to(dtype))
         assert out.dtype == dtype

@@ -16,6 +16,7 @@ import torch
 from mimicfast.errors import InputError
 from mimicfast.ops import l1_residual
 from mimicfast.reference.ops import l1_residual_reference, upsample_reference
+from mimicfast.upsample import UpsampleMode
 
 MODES = ["bicubic", "nearest", None]
 SHAPES = [(1, 3, 37, 53), (4, 3, 8, 8), (2, 1, 1, 1), (1, 2, 2, 3), (3, 2, 5, 4)]
@@ -124,9 +125,10 @@ def test_opcheck(full_backend):
     name, device = full_backend
     x0_hat, y, weight = _inputs((2, 2, 5, 6), torch.float32, device, seed=7)
     op = torch.ops.mimicfast.l1_residual.default
-    torch.library.opcheck(op, (x0_hat, y, "bicubic", weight.requires_grad_(True), 1.0, 0.5))
-    torch.library.opcheck(op, (x0_hat.to(memory_format=torch.channels_last), y, "nearest", None, 2.0, 1.0))
-    torch.library.opcheck(op, (x0_hat.double(), y.double(), "none", None, 1.0, 1.0))
+    torch.library.opcheck(op, (x0_hat, y, UpsampleMode.BICUBIC, weight.requires_grad_(True), 1.0, 0.5))
+    cl = x0_hat.to(memory_format=torch.channels_last)
+    torch.library.opcheck(op, (cl, y, UpsampleMode.NEAREST, None, 2.0, 1.0))
+    torch.library.opcheck(op, (x0_hat.double(), y.double(), UpsampleMode.NONE, None, 1.0, 1.0))
 
 
 @pytest.mark.parametrize(
