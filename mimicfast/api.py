@@ -2,16 +2,35 @@
 
 Images in user space are in [0, 1]; the diffusion model works in [-1, 1] (``2x - 1``). Purification
 starts from pure noise ``x_T ~ N(0, I)`` and runs Algorithm 1 with ``y = x_adv`` as guidance.
+
+Randomness: image i of a call draws all its random numbers (x_T, then one draw per reverse step) from its own
+generator seeded with ``seeds[i]``. ``seed=None`` draws fresh seeds for every call from torch's default
+generator (a deployed stochastic defense; what an EOT attack must face); an integer ``seed`` gives image i the
+seed ``seed + i`` (its position in the batch), so the output is reproducible -- and the defense is deterministic
+with a public key: an attacker who knows the seed can attack the very noise the defense will draw.
+
+Gradients (:mod:`mimicfast.gradients`): ``grad="none"`` (no gradient), ``"bpda"`` (identity backward) or
+``"full"`` (through every reverse step, ``sign`` smoothed in the backward pass only). The forward output is
+bitwise the same in every mode for the same seeds.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from mimicfast.errors import InputError
+from mimicfast.errors import InputError, NumericalError
+from mimicfast.gradients import (
+    DEFAULT_TAU,
+    Trajectory,
+    bpda,
+    check_grad_mode,
+    check_requires_grad,
+    full_gradient,
+)
 from mimicfast.presets import Preset, get_preset
 from mimicfast.sampling.ancestral import sample
 from mimicfast.sampling.denoisers import Denoiser, as_denoiser
@@ -23,6 +42,10 @@ def validate_images(x: object, denoiser: Denoiser | None = None) -> torch.Tensor
     """Check a user batch: a float tensor [B, C, H, W], B > 0, finite, in [0, 1], sized for the model."""
     if not isinstance(x, torch.Tensor):
         raise InputError(f"expected a torch.Tensor of images, got {type(x).__name__}")
+    if x.layout != torch.strided:
+        raise InputError(f"expected a dense (strided) tensor of images, got layout {x.layout}; use x.to_dense()")
+    if x.is_meta:
+        raise InputError("x is on the meta device and holds no values; pass images on 'cpu' or 'cuda'")
     if x.dim() != 4:
         raise InputError(f"expected images of shape [B, C, H, W] (rank 4), got rank {x.dim()} {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -35,9 +58,10 @@ def validate_images(x: object, denoiser: Denoiser | None = None) -> torch.Tensor
         size = denoiser.image_size
         if size is not None and tuple(x.shape[-2:]) != (size, size):
             raise InputError(f"the model takes {size}x{size} images, got {x.shape[-2]}x{x.shape[-1]}")
-    if not bool(torch.isfinite(x).all()):
+    values = x.detach()
+    if not bool(torch.isfinite(values).all()):
         raise InputError("images contain NaN or Inf")
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = float(values.min()), float(values.max())
     if lo < 0.0 or hi > 1.0:
         raise InputError(f"image values must be in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
     return x
@@ -53,6 +77,60 @@ def _device_of(denoiser: Denoiser) -> torch.device:
     for p in denoiser.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def resolve_device(device: object) -> torch.device | None:
+    """``device`` as a :class:`torch.device` that can run a purification here (None stays None)."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InputError(f"device {device!r} is not a device: {exc}") from None
+    if dev.type == "meta":
+        raise InputError("device 'meta' holds no values; purify on 'cpu' or 'cuda'")
+    if dev.type != "cpu":
+        backend = getattr(torch, dev.type, None)
+        available = getattr(backend, "is_available", None)
+        if available is None or not available():
+            raise InputError(f"device {str(dev)!r}: {dev.type} is not available on this machine")
+        count = getattr(backend, "device_count", None)
+        if dev.index is not None and count is not None and dev.index >= count():
+            raise InputError(f"device {str(dev)!r}: this machine has {count()} {dev.type} device(s)")
+    return dev
+
+
+def _on_device(denoiser: Denoiser, device: torch.device) -> Denoiser:
+    """The denoiser with its tensors on ``device``, never moving the caller's model: a copy whose parameters
+    and buffers are moved copies (the weights are copied once, to ``device``), or the denoiser itself when
+    everything already is there."""
+    tensors = [*denoiser.parameters(), *denoiser.buffers()]
+    if any(t.is_meta for t in tensors):
+        raise InputError("the model has weights on the meta device (no values); load its weights first")
+    if all(t.device == device for t in tensors):
+        return denoiser
+    # deepcopy takes a tensor from the memo instead of copying it: each parameter and buffer is copied straight
+    # to ``device`` and nothing else of the caller's model is shared with or changed by the copy.
+    memo: dict[int, object] = {}
+    for prm in denoiser.parameters():
+        memo[id(prm)] = nn.Parameter(prm.detach().to(device), requires_grad=prm.requires_grad)
+    for buf in denoiser.buffers():
+        memo[id(buf)] = buf.to(device)
+    try:
+        return copy.deepcopy(denoiser, memo)
+    except (TypeError, RuntimeError, copy.Error) as exc:
+        raise InputError(
+            f"cannot copy the model to {device} ({exc}); move it yourself (model.to({str(device)!r})) and "
+            "leave device=None"
+        ) from None
+
+
+def resolve_seeds(seed: int | Sequence[int] | None, batch: int) -> list[int]:
+    """One seed per image: ``None`` -> fresh seeds from torch's default generator (``torch.manual_seed`` makes
+    them reproducible); ``int`` -> ``seed + i`` for image i; a sequence -> one seed per image."""
+    if seed is None:
+        return torch.randint(0, 2**63 - 1, (batch,), dtype=torch.int64).tolist()
+    return expand_seeds(seed, batch)
 
 
 def resolve_preset(preset: str | Preset, steps: int | None, overrides: dict) -> Preset:
@@ -71,15 +149,28 @@ def purify_batch(
     *,
     progress: bool = False,
     callback: Callable | None = None,
+    trajectory: Trajectory | None = None,
 ) -> torch.Tensor:
     """Algorithm 1 on one batch in model space: ``y`` [B, C, H, W] in [-1, 1] -> x_0 [B, C, H, W].
 
     Every random number of sample i comes from its own stream seeded with ``seeds[i]``, so the result of
-    an image does not depend on the rest of the batch.
+    an image does not depend on the rest of the batch. ``trajectory`` (``grad="full"``) receives each step's
+    input and noise; recording changes nothing in the result.
     """
     sigmas = denoiser.sigmas(preset.steps, preset.spacing)
     noise = PerSampleNoise(seeds, y.shape[1:], device=y.device, dtype=y.dtype)
+    if trajectory is not None:
+        noise = trajectory.record_noise(noise)
+        user_callback = callback
+
+        def callback(i: int, x_next: torch.Tensor, x0_hat: torch.Tensor) -> None:
+            trajectory.record_step(i, x_next, x0_hat)
+            if user_callback is not None:
+                user_callback(i, x_next, x0_hat)
+
     x = noise() * float((1 + sigmas[0] ** 2).sqrt())  # x_T ~ N(0, I) in VP = x_T / sqrt(abar_T) in sigma space
+    if trajectory is not None:
+        trajectory.xs.append(x)
     return sample(
         denoiser,
         x,
@@ -100,7 +191,9 @@ def purify(
     *,
     preset: str | Preset = "paper",
     steps: int | None = None,
-    seed: int | Sequence[int] = 0,
+    seed: int | Sequence[int] | None = 0,
+    grad: str = "none",
+    tau: float = DEFAULT_TAU,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
@@ -111,33 +204,52 @@ def purify(
     """Purify adversarial images with MimicDiffusion.
 
     Args:
-        x: [B, C, H, W] float images in [0, 1] (the adversarial inputs x_adv).
+        x: [B, C, H, W] float images in [0, 1] (the adversarial inputs x_adv), dense, not on the meta device.
         model: a network from :mod:`mimicfast.models` (wrapped with its schedule automatically), a
             :class:`mimicfast.sampling.Denoiser`, or any callable ``D(x, sigma)`` in sigma space.
         preset: ``"paper"``, ``"released"`` or a :class:`Preset`.
         steps: number of reverse steps T (default: the preset's).
-        seed: an int (sample i gets ``seed + i``) or one seed per sample. Same seed, same output.
+        seed: an int (image i gets ``seed + i``, so its result depends on its position in the batch), one seed
+            per image, or None (fresh seeds drawn from torch's default generator on every call). Same seeds,
+            same output. Seeds are integers in [0, 2**64 - 1]; numpy integers are accepted.
+        grad: ``"none"`` (the output has no gradient; an ``x`` that requires grad is refused at once),
+            ``"bpda"`` (backward = identity) or ``"full"`` (backward through every reverse step, ``sign``
+            replaced by ``tanh(u / tau)`` in the backward pass only); see :mod:`mimicfast.gradients`. The
+            forward output is bitwise the same in every mode.
+        tau: temperature of the ``grad="full"`` surrogate (model units; default
+            :data:`mimicfast.gradients.DEFAULT_TAU`).
         batch_size: images per sampler call (default: all at once on the CPU, as many as fit in free memory
             on CUDA); never changes the result.
-        device: where to run (default: the model's device).
+        device: where to run (default: the model's device). The caller's model is never moved: a model on
+            another device is copied there for this call.
         progress: show a progress bar over the reverse steps.
         fast: use the fast path (:mod:`mimicfast.fast`: static buffers, CUDA-graph replay on CUDA). Default:
             on for CUDA, off on the CPU. Without autocast it computes exactly what the eager path computes.
+            ``grad="full"`` always runs the eager path (it records each step's input); on CUDA that forward
+            is slower than the graphed one.
         autocast: ``"bf16"`` or ``"fp16"`` runs the network in that precision on the fast path (the sampler
-            state, coefficients and residual stay fp32); None keeps the working precision.
+            state, coefficients and residual stay fp32); None keeps the working precision. Not with
+            ``grad="full"``.
         **overrides: any other :class:`Preset` field, e.g. ``scale=0.5`` or ``window=None``.
 
     Returns:
         purified images, [B, C, H, W] in [0, 1], on x's device and in x's dtype.
+
+    Raises:
+        InputError: a bad argument or image batch (named in the message).
+        NumericalError: the purified images are not finite (e.g. the denoiser returned NaN).
     """
+    tau = check_grad_mode(grad, tau)
+    run_device = resolve_device(device)
     denoiser = as_denoiser(model)
     return _purify_images(
         x,
-        denoiser,
+        denoiser if run_device is None else _on_device(denoiser, run_device),
         resolve_preset(preset, steps, overrides),
         seed,
+        grad=grad,
+        tau=tau,
         batch_size=batch_size,
-        device=device,
         progress=progress,
         fast=fast,
         autocast=autocast,
@@ -149,27 +261,31 @@ def _purify_images(
     x: torch.Tensor,
     denoiser: Denoiser,
     p: Preset,
-    seed: int | Sequence[int],
+    seed: int | Sequence[int] | None,
     *,
+    grad: str,
+    tau: float,
     batch_size: int | None,
-    device: torch.device | str | None,
     progress: bool,
     fast: bool | None,
     autocast: str | None,
     fast_cache: dict,
 ) -> torch.Tensor:
-    """:func:`purify` after argument resolution; ``fast_cache`` keeps fast purifiers (and their captured
-    CUDA graphs) across calls, keyed by device, dtype and autocast."""
+    """:func:`purify` after argument resolution, on the denoiser's device; ``fast_cache`` keeps fast purifiers
+    (and their captured CUDA graphs) across calls, keyed by device, dtype and autocast."""
     x = validate_images(x, denoiser)
-    seeds = expand_seeds(seed, x.shape[0])
-    if batch_size is not None and batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    run_device = torch.device(device) if device is not None else _device_of(denoiser)
-    denoiser = denoiser.to(run_device)
+    check_requires_grad(x, grad)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if any(t.is_meta for t in (*denoiser.parameters(), *denoiser.buffers())):
+        raise InputError("the model has weights on the meta device (no values); load its weights first")
+    seeds = resolve_seeds(seed, x.shape[0])
+    run_device = _device_of(denoiser)
     dtype = _working_dtype(denoiser)
-    use_fast = run_device.type == "cuda" if fast is None else fast
+    needs_grad = grad != "none" and x.requires_grad and torch.is_grad_enabled()
+    use_fast = (run_device.type == "cuda" if fast is None else fast) and not (needs_grad and grad == "full")
     if autocast is not None and not use_fast:
-        raise InputError("autocast needs the fast path (fast=True, the default on CUDA)")
+        raise InputError("autocast needs the fast path (fast=True, the default on CUDA; not with grad='full')")
     if use_fast:
         from mimicfast.fast import FastPurifier
 
@@ -181,24 +297,76 @@ def _purify_images(
             batch_size = min(run_batch.batch_size(x.shape[1:], device=run_device, dtype=dtype), x.shape[0])
     else:
 
-        def run_batch(y: torch.Tensor, chunk_seeds: Sequence[int], *, progress: bool) -> torch.Tensor:
-            return purify_batch(denoiser, y, p, chunk_seeds, progress=progress)
+        def run_batch(
+            y: torch.Tensor, chunk_seeds: Sequence[int], *, progress: bool, trajectory: Trajectory | None = None
+        ) -> torch.Tensor:
+            return purify_batch(denoiser, y, p, chunk_seeds, progress=progress, trajectory=trajectory)
 
     chunk = batch_size or x.shape[0]
-    outputs = []
-    for start in range(0, x.shape[0], chunk):
-        y = x[start : start + chunk].detach().to(device=run_device, dtype=dtype) * 2 - 1
-        out = run_batch(y, seeds[start : start + chunk], progress=progress)
-        outputs.append(((out + 1) / 2).clamp(0, 1).to(device=x.device, dtype=x.dtype))
-    return torch.cat(outputs)
+    starts = range(0, x.shape[0], chunk)
+
+    def model_space(images: torch.Tensor, start: int) -> torch.Tensor:
+        return images[start : start + chunk].detach().to(device=run_device, dtype=dtype) * 2 - 1
+
+    def to_images(out: torch.Tensor) -> torch.Tensor:
+        images = ((out + 1) / 2).clamp(0, 1).to(device=x.device, dtype=x.dtype)
+        if not bool(torch.isfinite(images).all()):
+            raise NumericalError(
+                "the purified images contain NaN or Inf: the denoiser returned non-finite values (check the "
+                "model's weights and the preset's numbers)"
+            )
+        return images
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        outs = [run_batch(model_space(images, s), seeds[s : s + chunk], progress=progress) for s in starts]
+        return torch.cat([to_images(o) for o in outs])
+
+    if not needs_grad:
+        return forward(x)
+    if grad == "bpda":
+        return bpda(forward, x)
+    return _full(x, denoiser, p, seeds, chunk, dtype, tau, progress, model_space, to_images, run_batch)
+
+
+def _full(x, denoiser, p, seeds, chunk, dtype, tau, progress, model_space, to_images, run_batch) -> torch.Tensor:
+    """``grad="full"``: the eager forward recording each chunk's trajectory, and the recomputing reverse sweep."""
+    from mimicfast.gradients import reverse_sweep
+
+    starts = range(0, x.shape[0], chunk)
+
+    def forward(images: torch.Tensor) -> tuple[torch.Tensor, list]:
+        outs, states = [], []
+        for s in starts:
+            y, traj = model_space(images, s), Trajectory()
+            out = run_batch(y, seeds[s : s + chunk], progress=progress, trajectory=traj)
+            outs.append(to_images(out))
+            states.append((y, traj, out))
+        return torch.cat(outs), states
+
+    def backward(states: list, grad_images: torch.Tensor) -> torch.Tensor:
+        grads = []
+        for s, (y, traj, out) in zip(starts, states, strict=True):
+            g = grad_images[s : s + chunk].to(device=out.device, dtype=dtype)
+            with torch.enable_grad():  # the clamp of the output: its exact derivative
+                out_req = out.detach().requires_grad_(True)
+                (g_out,) = torch.autograd.grad(((out_req + 1) / 2).clamp(0, 1), out_req, g)
+            g_y = reverse_sweep(denoiser, p, y, traj, g_out, tau=tau, progress=progress)
+            grads.append((2 * g_y).to(device=x.device, dtype=x.dtype))  # y = 2 x - 1
+        return torch.cat(grads)
+
+    return full_gradient(forward, backward, x)
 
 
 class Purifier(nn.Module):
     """MimicDiffusion as an ``nn.Module``: ``nn.Sequential(Purifier(model), classifier)`` works.
 
-    ``forward(x)`` takes and returns [B, C, H, W] images in [0, 1]. The output carries no gradient
-    to ``x`` (purification is not differentiable end to end; attack it with BPDA, see
-    :mod:`mimicfast.attacks`). Arguments are those of :func:`purify`.
+    ``forward(x)`` takes and returns [B, C, H, W] images in [0, 1]. With ``grad="bpda"`` or ``grad="full"``
+    the output carries a gradient to ``x`` (:mod:`mimicfast.gradients`), so attack libraries (AutoAttack, ART,
+    :mod:`mimicfast.attacks`) can attack ``nn.Sequential(Purifier(model, grad="bpda", seed=None), classifier)``
+    directly; ``seed=None`` draws fresh defense randomness on every call (what EOT averages over). With
+    ``grad="none"`` an input that requires grad is refused at once. Arguments are those of :func:`purify`;
+    the CUDA-graphed fast path serves ``grad="none"`` and ``"bpda"``, while ``grad="full"`` runs the eager
+    path whenever a gradient is needed.
     """
 
     def __init__(
@@ -207,7 +375,9 @@ class Purifier(nn.Module):
         *,
         preset: str | Preset = "paper",
         steps: int | None = None,
-        seed: int | Sequence[int] = 0,
+        seed: int | Sequence[int] | None = 0,
+        grad: str = "none",
+        tau: float = DEFAULT_TAU,
         batch_size: int | None = None,
         progress: bool = False,
         fast: bool | None = None,
@@ -215,6 +385,10 @@ class Purifier(nn.Module):
         **overrides,
     ) -> None:
         super().__init__()
+        self.tau = check_grad_mode(grad, tau)
+        self.grad = grad
+        if seed is not None and not isinstance(seed, (list, tuple)):
+            expand_seeds(seed, 1)  # a bad seed fails here, not at the first call
         self.denoiser = as_denoiser(model)
         self.preset = resolve_preset(preset, steps, overrides)
         self.seed = seed
@@ -226,14 +400,16 @@ class Purifier(nn.Module):
 
     def forward(self, x: torch.Tensor, seed: int | Sequence[int] | None = None) -> torch.Tensor:
         """Purify ``x`` [B, C, H, W] in [0, 1]; ``seed`` overrides the module's seed for this call (e.g. one EOT
-        draw of an attack), reusing the captured CUDA graphs of earlier calls."""
+        draw of an attack), reusing the captured CUDA graphs of earlier calls. With neither (module seed None),
+        every call draws fresh seeds from torch's default generator."""
         return _purify_images(
             x,
             self.denoiser,
             self.preset,
             self.seed if seed is None else seed,
+            grad=self.grad,
+            tau=self.tau,
             batch_size=self.batch_size,
-            device=None,
             progress=self.progress,
             fast=self.fast,
             autocast=self.autocast,
@@ -241,4 +417,4 @@ class Purifier(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"preset={self.preset.name!r}, steps={self.preset.steps}, seed={self.seed!r}"
+        return f"preset={self.preset.name!r}, steps={self.preset.steps}, seed={self.seed!r}, grad={self.grad!r}"

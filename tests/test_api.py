@@ -128,3 +128,100 @@ def test_fast_path_on_cpu_equals_eager(net, x, preset) -> None:
     torch.testing.assert_close(purifier(x), eager, rtol=0, atol=0)  # cached fast state, same result
     with pytest.raises(InputError, match="autocast needs the fast path"):
         mimicfast.purify(x, net, fast=False, autocast="bf16", **kw)
+
+
+def test_seed_none_draws_fresh_defense_randomness_from_torchs_generator(net, x) -> None:
+    purifier = mimicfast.Purifier(net, seed=None, **KW)
+    torch.manual_seed(11)
+    a, b = purifier(x), purifier(x)
+    assert not torch.equal(a, b)  # a new draw on every call
+    torch.manual_seed(11)
+    torch.testing.assert_close(purifier(x), a, rtol=0, atol=0)  # torch.manual_seed reproduces a run
+    torch.testing.assert_close(purifier(x, seed=3), mimicfast.purify(x, net, seed=3, **KW), rtol=0, atol=0)
+    torch.manual_seed(11)
+    torch.testing.assert_close(mimicfast.purify(x, net, seed=None, **KW), a, rtol=0, atol=0)
+
+
+def test_numpy_integer_seed_is_accepted(net, x) -> None:
+    import numpy as np
+
+    torch.testing.assert_close(
+        mimicfast.purify(x, net, seed=np.int64(3), **KW), mimicfast.purify(x, net, seed=3, **KW), rtol=0, atol=0
+    )
+
+
+@pytest.mark.parametrize(
+    ("seed", "match"),
+    [(torch.tensor(3), "torch.Tensor"), (2**64, r"2\*\*64"), (2**64 - 2, r"seed \+ 3"), (-1, r"\[0, 2\*\*64"),
+     (1.5, "int"), ("ab", "int"), ([1, 2, 3, "x"], r"seed\[3\]")],
+)  # fmt: skip
+def test_bad_seeds(net, x, seed, match) -> None:
+    with pytest.raises(InputError, match=match):
+        mimicfast.purify(x, net, seed=seed, **KW)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [(dict(scale=float("nan")), "scale"), (dict(eta=float("nan")), "eta"),
+     (dict(reduction_batch=float("nan")), "reduction_batch"), (dict(window="ab"), "window"),
+     (dict(window=(0.2,)), "window"), (dict(window=(0.1, 0.2, 0.3)), "window"), (dict(steps=0), "steps")],
+)  # fmt: skip
+def test_bad_numeric_knobs_name_the_field(net, x, override, match) -> None:
+    with pytest.raises(InputError, match=match):
+        mimicfast.purify(x, net, **{**KW, **override})
+
+
+@pytest.mark.parametrize(
+    ("device", "match"), [("nope", "not a device"), ("meta", "meta"), ("cuda:99", "cuda"), (3.5, "not a device")]
+)
+def test_bad_devices(net, x, device, match) -> None:
+    with pytest.raises(InputError, match=match):
+        mimicfast.purify(x, net, device=device, **KW)
+
+
+def test_device_never_moves_or_changes_the_callers_model(net, x) -> None:
+    model = copy.deepcopy(net)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(InputError, match="meta"):
+        mimicfast.purify(x, model, device="meta", **KW)
+    torch.testing.assert_close(
+        mimicfast.purify(x, model, device="cpu", seed=1, **KW), mimicfast.purify(x, net, seed=1, **KW), rtol=0, atol=0
+    )
+    meta_model = copy.deepcopy(net).to("meta")
+    with pytest.raises(InputError, match="meta"):
+        mimicfast.purify(x, meta_model, device="cpu", **KW)
+    with pytest.raises(InputError, match="meta"):
+        mimicfast.purify(x, meta_model, **KW)
+    for k, v in model.state_dict().items():
+        assert v.device.type == "cpu" and torch.equal(v, before[k])
+    assert all(p.device.type == "meta" for p in meta_model.parameters())
+
+
+def test_on_device_copies_instead_of_moving(net) -> None:
+    """Moving to another device works on a copy whose tensors are the moved ones (checked with float64)."""
+    from mimicfast.api import _on_device
+    from mimicfast.sampling import as_denoiser
+
+    model = copy.deepcopy(net)
+    denoiser = as_denoiser(model)
+    assert _on_device(denoiser, torch.device("cpu")) is denoiser
+    memo_copy = _on_device(denoiser, torch.device("meta"))
+    assert all(p.is_meta for p in memo_copy.parameters())
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+@pytest.mark.parametrize("kind", ["meta", "sparse"])
+def test_meta_or_sparse_images_are_refused(net, x, kind) -> None:
+    bad = x.to("meta") if kind == "meta" else x.to_sparse()
+    with pytest.raises(InputError, match=kind):
+        mimicfast.purify(bad, net, **KW)
+
+
+def test_a_denoiser_returning_nan_is_reported(x) -> None:
+    from mimicfast.errors import NumericalError
+
+    def nan_denoiser(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(z, float("nan"))
+
+    with pytest.raises(NumericalError, match="NaN"):
+        mimicfast.purify(x, nan_denoiser, preset="released", steps=4)

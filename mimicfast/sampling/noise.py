@@ -36,10 +36,9 @@ def expand_seeds(seed: int | Sequence[int], batch: int) -> list[int]:
         _seed_int(first + batch - 1, f"seed + {batch - 1} (the seed of the last image of the batch)")
         return [first + i for i in range(batch)]
     if isinstance(seed, (str, bytes, torch.Tensor)) or not isinstance(seed, Iterable) or getattr(seed, "ndim", 1) != 1:
-        raise InputError(
-            f"seed must be an int or a sequence of one int per image, got {type(seed).__name__}"
-            + ("; pass t.tolist()" if isinstance(seed, torch.Tensor) else "")
-        )
+        if isinstance(seed, torch.Tensor):
+            raise InputError("seed must be a Python int or ints, got a torch.Tensor; pass int(t) or t.tolist()")
+        raise InputError(f"seed must be an int or a sequence of one int per image, got {type(seed).__name__}")
     seeds = [_seed_int(s, f"seed[{i}]") for i, s in enumerate(seed)]
     if len(seeds) != batch:
         raise InputError(f"got {len(seeds)} seeds for a batch of {batch}")
