@@ -14,10 +14,39 @@ from collections.abc import Callable
 import torch
 
 from mimicfast.presets import Preset
-from mimicfast.reference.ops import SCALE, upsample_reference
-from mimicfast.schedules import space_timesteps, window_mask
+from mimicfast.reference.ops import upsample_reference
+from mimicfast.upsample import SCALE
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# The visited timesteps and the window are written here again, from their definitions, on purpose: the spec
+# shares no code with the sampler it checks.
+def visited_timesteps(steps: int, spacing: str, num_train: int) -> list[int]:
+    """The training timesteps (ascending, 0-based) of a ``steps``-step reverse process.
+
+    ``uniform``: guided-diffusion's respacing, a stride of ``(num_train - 1) / (steps - 1)`` accumulated from 0
+    and rounded. ``released``: the authors' ``seq = range(stride - 1, num_train, stride)``, ``stride = num_train
+    // steps``.
+    """
+    if spacing == "released":
+        stride = num_train // steps
+        return list(range(stride - 1, num_train, stride))[:steps]
+    if steps == 1:
+        return [0]
+    out, t = [], 0.0
+    for _ in range(steps):
+        out.append(round(t))
+        t += (num_train - 1) / (steps - 1)
+    return out
+
+
+def in_window(k: int, steps: int, window: tuple[float, float] | None) -> bool:
+    """Algorithm 1, line 5: the step with counter ``k`` (T down to 1) is guided iff ``e T <= k <= s T``."""
+    if window is None:
+        return True
+    e, s = window
+    return e * steps - 1e-9 <= k <= s * steps + 1e-9  # so that 0.11 * 100 = 11.000000000000002 admits k = 11
 
 
 def _distance(a: torch.Tensor, b: torch.Tensor, preset: Preset) -> torch.Tensor:
@@ -77,9 +106,7 @@ def mimic_diffusion_reference(
     if betas is None:
         betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     abar = torch.cumprod(1 - betas.to(torch.float64), 0).tolist()
-    # The visited timesteps and the window are definitions shared with the sampler, not step math.
-    timesteps = space_timesteps(preset.steps, preset.spacing, len(abar))
-    guided_steps = window_mask(preset.steps, preset.window)  # index T - k
+    timesteps = visited_timesteps(preset.steps, preset.spacing, len(abar))
     c = y.shape[1]
     use_learned = learned_variance and preset.learned_variance and preset.eta == 1.0
 
@@ -88,7 +115,7 @@ def mimic_diffusion_reference(
         t = timesteps[k - 1]
         a_t = abar[t]
         a_prev = abar[timesteps[k - 2]] if k > 1 else 1.0
-        guided = guided_steps[preset.steps - k]  # line 5: t in [s, e]
+        guided = in_window(k, preset.steps, preset.window)  # line 5
         x_t = x.detach().requires_grad_(guided)
 
         # line 4: x0_hat (Eq. 3) and x_{t-1} by the reverse process

@@ -1,4 +1,4 @@
-"""Reference implementations of the guidance ops (DESIGN.md §2, paper Eq. 11-13).
+"""Reference implementations of the guidance ops (docs/DESIGN.md §2, paper Eq. 11-13).
 
 The guidance loss of MimicDiffusion is ``||x0_hat - y||_1 + ||H(x0_hat) - H(y)||_1`` with H the x4
 upsampling. Because H is linear, its gradient w.r.t. ``x0_hat`` is the *guidance residual*
@@ -16,9 +16,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-Upsample = Literal["bicubic", "nearest"] | None
+from mimicfast.upsample import SCALE
 
-SCALE = 4
+Upsample = Literal["bicubic", "nearest"] | None
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import torch
 
-from mimicfast.ops import l1_residual
+from mimicfast.ops import bicubic_up4, bicubic_up4_adjoint, l1_residual
 from mimicfast.presets import Preset
-from mimicfast.reference.ops import SCALE, upsample_adjoint_reference, upsample_reference
 from mimicfast.schedules import window_mask
+from mimicfast.upsample import SCALE, UpsampleMode
 
 
 def guidance_factor(abar: torch.Tensor, preset: Preset) -> torch.Tensor:
@@ -50,8 +50,11 @@ def l2_residual(x0_hat: torch.Tensor, y: torch.Tensor, preset: Preset, long_w: f
     """Gradient of ``long_w ||d||_2^2 + short_w ||H d||_2^2`` w.r.t. x0_hat (the Table 5 L2 ablation)."""
     d = x0_hat - y
     r = 2 * long_w * d
-    if preset.upsample is not None:
-        r = r + 2 * short_w * upsample_adjoint_reference(upsample_reference(d, preset.upsample), preset.upsample)
+    mode = UpsampleMode.parse(preset.upsample)
+    if mode is UpsampleMode.BICUBIC:
+        r = r + 2 * short_w * bicubic_up4_adjoint(bicubic_up4(d))
+    elif mode is UpsampleMode.NEAREST:
+        r = r + 2 * short_w * (SCALE * SCALE) * d  # nearest x4 copies each pixel 16 times: H^T H = 16 I exactly
     return r
 
 

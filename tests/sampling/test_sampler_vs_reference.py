@@ -1,4 +1,4 @@
-"""The sigma-space sampler equals Algorithm 1 written in VP coordinates (DESIGN.md §4)."""
+"""The sigma-space sampler equals Algorithm 1 written in VP coordinates (docs/DESIGN.md §4)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ CASES = {
     "paper-short-only": dict(preset="paper", scale=1e-3, long_range=False),
     "paper-l2": dict(preset="paper", scale=1e-3, distance="l2"),
     "paper-nearest-mean": dict(preset="paper", scale=1e-3, upsample="nearest", reduction="mean"),
+    "paper-l2-nearest": dict(preset="paper", scale=1e-3, distance="l2", upsample="nearest"),
     "released": dict(preset="released"),
     "released-vjp": dict(preset="released", jacobian="vjp"),
 }
