@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -140,3 +141,233 @@ def test_python_dash_m(checkpoint, image, tmp_path) -> None:
         [sys.executable, "-m", "mimicfast", "purify", "--help"], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0 and "--checkpoint" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------
+# File safety: nothing read is overwritten or deleted, nothing is written on bad input, resume never mixes.
+
+
+def _purify(*argv: object) -> int:
+    return main(["purify", *(str(a) for a in argv)])
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mimicfast: error: ") and len(err.splitlines()) == 1, err
+    return err
+
+
+def _interrupt_after(monkeypatch, n_calls: int) -> list:
+    """Make Purifier.forward raise KeyboardInterrupt once, on call ``n_calls + 1``; returns the list of seeds
+    it is called with."""
+    import mimicfast.api
+
+    real_forward, calls, armed = mimicfast.api.Purifier.forward, [], [True]
+
+    def forward(self, x, seed=None):
+        calls.append(seed)
+        if armed[0] and len(calls) == n_calls + 1:
+            armed[0] = False
+            raise KeyboardInterrupt
+        return real_forward(self, x, seed)
+
+    monkeypatch.setattr(mimicfast.api.Purifier, "forward", forward)
+    return calls
+
+
+def test_checkpoint_or_hard_linked_input_is_never_overwritten(checkpoint, image, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    inside = out / "purified.pt"
+    shutil.copy(checkpoint, inside)
+    before = inside.read_bytes()
+    assert _purify(image, "-o", out, "--checkpoint", inside, *ARGS) == 2
+    assert "would overwrite a file this command reads" in _one_line_error(capsys)
+    assert inside.read_bytes() == before
+    batch = tmp_path / "in" / "b.pt"
+    torch.save(torch.rand(1, 3, 32, 32), batch)
+    inside.unlink()
+    os.link(batch, inside)
+    before = batch.read_bytes()
+    assert _purify(batch, "-o", out, "--checkpoint", checkpoint, *ARGS) == 2
+    assert f"({batch})" in _one_line_error(capsys)
+    assert batch.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["purified.pt"]
+
+
+def test_files_inside_partial_are_never_deleted(checkpoint, image, tmp_path, capsys) -> None:
+    """Inputs, the checkpoint and foreign files inside OUT/.partial survive the final cleanup."""
+    partial = tmp_path / "out" / ".partial"
+    partial.mkdir(parents=True)
+    moved_image, moved_ckpt, foreign = partial / "cat.png", partial / "model.pt", partial / "notes.txt"
+    shutil.copy(image, moved_image)
+    shutil.copy(checkpoint, moved_ckpt)
+    foreign.write_text("mine")
+    assert _purify(moved_image, "-o", tmp_path / "out", "--checkpoint", moved_ckpt, *ARGS) == 0
+    assert sorted(p.name for p in partial.iterdir()) == ["cat.png", "model.pt", "notes.txt"]
+    assert "kept" in capsys.readouterr().err
+    assert (tmp_path / "out" / "cat_purified.png").is_file()
+
+
+def test_damaged_chunk_is_recomputed(checkpoint, image, tmp_path, monkeypatch, capsys) -> None:
+    """A chunk cut short (a kill or a full disk mid-save) is detected on resume and recomputed, not fatal."""
+    argv = [image, image.parent, "--checkpoint", checkpoint, "--batch-size", "1", *ARGS]
+    batch = image.parent / "b.npy"
+    np.save(batch, np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32))
+    calls = _interrupt_after(monkeypatch, 1)
+    out = tmp_path / "out"
+    assert _purify(image, batch, "-o", out, *argv[2:]) == 130
+    (chunk,) = (out / ".partial").iterdir()
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    calls.clear()
+    assert _purify(image, batch, "-o", out, *argv[2:]) == 0
+    assert len(calls) == 2 and "recomputing" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert _purify(image, batch, "-o", tmp_path / "fresh", *argv[2:]) == 0
+    resumed, fresh = (torch.load(d / "purified.pt", weights_only=True)["images"] for d in (out, tmp_path / "fresh"))
+    assert torch.equal(resumed, fresh)
+
+
+def test_replaced_checkpoint_is_not_mixed_with_old_chunks(checkpoint, image, tmp_path, monkeypatch) -> None:
+    """The resume key covers the weights' content: new weights at the same path recompute every chunk."""
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(checkpoint, ckpt)
+    batch = image.parent / "b.npy"
+    np.save(batch, np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32))
+    argv = [image, batch, "-o", tmp_path / "out", "--checkpoint", ckpt, "--batch-size", "1", *ARGS]
+    calls = _interrupt_after(monkeypatch, 1)
+    assert _purify(*argv) == 130
+    state = torch.load(ckpt, weights_only=True)
+    torch.save({k: v * 1.01 if v.is_floating_point() else v for k, v in state.items()}, ckpt)
+    calls.clear()
+    assert _purify(*argv) == 0
+    assert calls == [[0], [1]]  # chunk 0 was recomputed with the new weights
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--steps", "0"], ["--steps", "5000"], ["--steps", "-3"], ["--seed", str(2**64)], ["--seed", "-1"],
+        ["--batch-size", "0"], ["--device", "nope"], ["--device", "meta"], ["--device", "cuda:99"],
+        ["--preset", "nope"],
+    ],
+)
+def test_bad_arguments_write_nothing(checkpoint, image, tmp_path, capsys, extra) -> None:
+    out = tmp_path / "out"
+    assert _purify(image, "-o", out, "--checkpoint", checkpoint, *ARGS, *extra) == 2
+    _one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_bad_input_after_a_good_one_writes_nothing(checkpoint, image, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    for bad_array in (np.full((1, 3, 32, 32), np.nan, np.float32), np.zeros((0, 3, 32, 32), np.float32)):
+        bad = tmp_path / "bad.npy"
+        np.save(bad, bad_array)
+        assert _purify(image, bad, "-o", out, "--checkpoint", checkpoint, "--batch-size", "1", *ARGS) == 2
+        assert "bad.npy" in _one_line_error(capsys)
+        assert not out.exists()
+
+
+def test_unwritable_output_fails_before_the_work(checkpoint, image, tmp_path, capsys, monkeypatch) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert _purify(image, "-o", afile / "sub", "--checkpoint", checkpoint, *ARGS) == 2
+    assert "is not a folder" in _one_line_error(capsys)
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
+    assert _purify(image, "-o", tmp_path / "ro", "--checkpoint", checkpoint, *ARGS) == 2
+    assert "not writable" in _one_line_error(capsys) or "read-only" in capsys.readouterr().err
+    assert not (tmp_path / "ro").exists()
+
+
+def test_long_name_folder_input_and_singular_summary(checkpoint, images_dir, tmp_path, capsys) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    long_name = "x" * 250
+    shutil.copy(images_dir / "cifar10_00_3.png", folder / f"{long_name}.png")
+    out = tmp_path / "out"
+    assert _purify(folder, "-o", out, "--checkpoint", checkpoint, *ARGS) == 0
+    assert f"wrote 1 purified image and purified.pt to {out}" in capsys.readouterr().out
+    (png,) = out.glob("*.png")
+    assert len(png.name) <= 255 and png.name.endswith("_purified.png")
+    assert torch.load(out / "purified.pt", weights_only=True)["names"] == [long_name]
+
+
+def test_default_steps_follow_the_paper_per_resolution(checkpoint, image, tmp_path) -> None:
+    from mimicfast.cli import build_parser
+    from mimicfast.purify_cli import default_steps, plan
+
+    assert [default_steps("paper", s) for s in (28, 32, 64, 256)] == [100, 100, 100, 1000]
+    assert default_steps("released", 32) is None and default_steps("paper", None) is None
+    args = build_parser().parse_args(
+        ["purify", str(image), "-o", str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--config", "gd-small-test"]
+    )
+    assert plan(args).preset.steps == 100
+    assert not (tmp_path / "out").exists()  # planning writes nothing
+
+
+def test_colour_input_for_a_grey_model_needs_grey(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    import mimicfast
+
+    unet = Path(mimicfast.__file__).parent / "weights" / "fmnist_unet.safetensors"
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[..., 0] = 255
+    picture = tmp_path / "red.png"
+    Image.fromarray(rgb).save(picture)
+    argv = [picture, "--checkpoint", unet, "--steps", "2"]
+    assert _purify(*argv, "-o", tmp_path / "out") == 2
+    assert "--grey" in _one_line_error(capsys)
+    assert _purify(*argv, "-o", tmp_path / "out", "--grey") == 0
+
+
+def test_convert_never_overwrites_what_it_reads(checkpoint, tmp_path, capsys, monkeypatch) -> None:
+    first = tmp_path / "m"
+    assert main(["convert", str(checkpoint), str(first), "--config", "gd-small-test"]) == 0
+    capsys.readouterr()
+    config = (tmp_path / "m.json").read_bytes()
+    assert main(["convert", str(tmp_path / "m.safetensors"), str(first)]) == 2
+    assert "would overwrite" in _one_line_error(capsys)
+    assert (tmp_path / "m.json").read_bytes() == config
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["convert", str(checkpoint), str(afile / "sub"), "--config", "gd-small-test"]) == 2
+    assert "is not a folder" in _one_line_error(capsys)
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
+    assert main(["convert", str(checkpoint), str(tmp_path / "ro" / "m"), "--config", "gd-small-test"]) == 2
+    _one_line_error(capsys)
+    assert not (tmp_path / "ro").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# For people: --version, fast help in plain words.
+
+
+def test_version(capsys) -> None:
+    import mimicfast
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"mimicfast {mimicfast.__version__}"
+
+
+def test_help_is_fast_and_imports_no_torch() -> None:
+    """Building every command's parser imports neither torch nor PIL (torch alone takes over a second)."""
+    code = (
+        "import sys, mimicfast.cli; mimicfast.cli.build_parser(); "
+        "heavy = [m for m in ('torch', 'PIL', 'numpy') if m in sys.modules]; assert not heavy, heavy"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_help_is_plain_words() -> None:
+    """No reST markup (``literal``, :func:) in any command's help."""
+    from mimicfast.cli import SUBCOMMAND_MODULES, build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert len(commands) >= len(SUBCOMMAND_MODULES)
+    for name, sub in [("mimicfast", parser), *commands.items()]:
+        text = sub.format_help()
+        assert "``" not in text and ":func:" not in text and ":class:" not in text, name
