@@ -284,7 +284,7 @@ def test_purify_gpu(benchmark, matmul_peak: float, config: str, batch: int, vari
 def _cpu_model() -> tuple[torch.nn.Module, str]:
     """The bundled Fashion-MNIST UNet if present, else the guided-diffusion parity fixture (random weights)."""
     from mimicfast.default import UNET_PATH, load_default_unet
-    from mimicfast.models.loading import load_guided_diffusion
+    from mimicfast.models.loader import load_guided_diffusion
 
     if UNET_PATH.exists():
         return load_default_unet(), "bundled fmnist unet"

@@ -44,7 +44,7 @@ def fmnist_unet_config() -> dict:
 
 def load_default_unet(device: torch.device | str | None = None) -> nn.Module:
     """The bundled Fashion-MNIST diffusion UNet (eval mode, frozen)."""
-    from mimicfast.models.loading import load_guided_diffusion
+    from mimicfast.models.loader import load_guided_diffusion
 
     return load_guided_diffusion(UNET_PATH, fmnist_unet_config(), device=device)
 
@@ -52,7 +52,7 @@ def load_default_unet(device: torch.device | str | None = None) -> nn.Module:
 def load_default_classifier(device: torch.device | str | None = None) -> nn.Module:
     """The bundled Fashion-MNIST CNN (eval mode, frozen): ``[N, 1, 32, 32]`` in [0, 1] -> logits [N, 10]."""
     from mimicfast.classifier import FashionCNN
-    from mimicfast.models.loading import load_state_dict_file
+    from mimicfast.models.loader import load_state_dict_file
 
     meta = _config(CLASSIFIER_PATH)
     model = FashionCNN(width=int(meta["width"]))

@@ -2,7 +2,9 @@
 
 * :func:`guided_diffusion_unet` -- openai/guided-diffusion ``UNetModel`` (``create_model`` kwargs).
 * :func:`edm_network` -- NVlabs/edm SongUNet / DhariwalUNet inside VP/VE/EDM preconditioners.
-* :func:`load_guided_diffusion`, :func:`load` -- safe loaders (never execute code from a file).
+* :func:`load`, :func:`load_guided_diffusion` -- the loader (:mod:`mimicfast.models.loader`): never executes code
+  from a file, never hangs on one, refuses NaN/Inf weights; configs and their limits in
+  :mod:`mimicfast.models.configs`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from mimicfast._lazy import lazy_getattr
 _LAZY = {
     "guided_diffusion_unet": "mimicfast.models.guided_diffusion",
     "GuidedDiffusionUNet": "mimicfast.models.guided_diffusion",
-    "load_guided_diffusion": "mimicfast.models.loading",
-    "GD_CONFIGS": "mimicfast.models.loading",
+    "load_guided_diffusion": "mimicfast.models.loader",
+    "GD_CONFIGS": "mimicfast.models.configs",
     "edm_network": "mimicfast.models.edm",
     "load": "mimicfast.models.loader",
 }

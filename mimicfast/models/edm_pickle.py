@@ -1,4 +1,4 @@
-"""Load NVlabs/edm's released ``.pkl`` networks without executing any code from the file.
+"""Read NVlabs/edm's released ``.pkl`` networks without executing any code from the file.
 
 EDM writes ``pickle.dump({'ema': <EDMPrecond>, 'loss_fn': ..., 'augment_pipe': ..., ...})``. Its modules are
 ``torch_utils.persistence`` classes: each pickles as ``_reconstruct_persistent_obj(meta)`` with
@@ -9,12 +9,14 @@ Tensors pickle through ``torch._utils._rebuild_tensor_v2`` / ``_rebuild_paramete
 ``torch.storage._load_from_bytes(<legacy torch.save bytes>)``; ``torch.nn.ModuleDict`` containers by class and
 state.
 
-:class:`RestrictedUnpickler` resolves only an allow-list of globals, each to a function of this module that builds
-inert data (``module_src`` stays an unused string; nested storage bytes go through
+:class:`RestrictedUnpickler` first walks the stream with :func:`mimicfast.models.safe_read.check_pickle` (bounded
+depth and size; BUILD only on objects the file creates, so a file cannot rewrite the builders below), then
+resolves only an allow-list of globals, each to a function of this module that builds inert data
+(``module_src`` stays an unused string; nested storage bytes are checked the same way and go through
 ``torch.load(weights_only=True)``); any other global raises :class:`~mimicfast.errors.CheckpointError` naming it,
-before anything from it is called. :func:`load_edm_pickle` then rebuilds mimicfast's own module from the persisted
-class name and constructor kwargs, checks every persisted submodule's class and hyper-parameters against it, and
-loads the collected tensors strictly.
+before anything from it is called. :func:`persisted_init_kwargs` and :func:`persisted_tensors` then read the
+constructor arguments and the tensors of a persisted network, checking every persisted submodule's class and
+hyper-parameters against the module mimicfast builds (:func:`mimicfast.models.loader.load_edm_pickle`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ import inspect
 import io
 import pickle
 from collections.abc import Callable, Iterator, Mapping
-from os import PathLike
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -33,16 +33,15 @@ import torch
 from torch import nn
 
 from mimicfast.errors import CheckpointError
-from mimicfast.models.edm import edm_network
 from mimicfast.models.edm_precond import PRECOND_CLASSES
-from mimicfast.models.loading import state_dict_mismatch
+from mimicfast.models.safe_read import check_pickle, check_torch_legacy
 
 __all__ = [
     "PICKLE_SUFFIXES",
     "PersistedObject",
     "RestrictedUnpickler",
-    "load_edm_pickle",
-    "network_from_persisted",
+    "persisted_init_kwargs",
+    "persisted_tensors",
     "read_edm_pickle",
 ]
 
@@ -139,6 +138,7 @@ def _rebuild_parameter(data: Any, requires_grad: bool, backward_hooks: Any, stat
 def _load_storage_from_bytes(data: Any) -> Any:
     if not isinstance(data, bytes | bytearray):
         raise CheckpointError(f"storage payload is a {type(data).__name__}, not bytes")
+    check_torch_legacy(io.BytesIO(data), "tensor storage inside the pickle")
     try:
         storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any failure of the nested (weights-only) load means a bad file
@@ -154,7 +154,9 @@ _NUMPY_KINDS = "biufc"  # bool, signed/unsigned int, float, complex: no object/v
 def _numpy_dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
     if not isinstance(spec, str):
         raise CheckpointError(f"numpy dtype from a {type(spec).__name__}")
-    dtype = np.dtype(spec)
+    # A fresh dtype object (numpy's pickles ask for copy=True too): BUILD then sets its byte order on this copy,
+    # never on numpy's shared builtin instance.
+    dtype = np.dtype(spec, copy=True)
     if dtype.kind not in _NUMPY_KINDS:
         raise CheckpointError(f"refusing numpy dtype {spec!r} (only numeric dtypes are allowed)")
     return dtype
@@ -207,8 +209,20 @@ class RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that resolves only the allow-listed globals EDM's files need, each to an inert builder.
 
     Anything else (``os.system``, ``builtins.eval``, ``subprocess.Popen``, EDM's own classes, ...) raises
-    :class:`CheckpointError` naming the global; persistent ids are refused too.
+    :class:`CheckpointError` naming the global; persistent ids are refused too. :meth:`load` first walks the
+    stream with :func:`~mimicfast.models.safe_read.check_pickle` (the stream must be seekable), so no object is
+    built from a pickle that is too deep or too large or that would BUILD on an allow-listed class or function.
     """
+
+    def __init__(self, file: BinaryIO) -> None:
+        super().__init__(file)
+        self._stream = file
+
+    def load(self) -> Any:
+        start = self._stream.tell()
+        check_pickle(self._stream, "")
+        self._stream.seek(start)
+        return super().load()
 
     def find_class(self, module: str, name: str) -> Any:
         target = _ALLOWED.get((module, name))
@@ -225,7 +239,9 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 def read_edm_pickle(file: BinaryIO) -> Any:
     """Unpickle an EDM-format stream with :class:`RestrictedUnpickler`; persistent objects stay
-    :class:`PersistedObject`. Raises CheckpointError for refused globals and truncated or corrupt data."""
+    :class:`PersistedObject`. ``file`` must be seekable (it is walked once before unpickling).
+
+    Raises CheckpointError for refused globals, bounds exceeded and truncated or corrupt data."""
     try:
         return RestrictedUnpickler(file).load()
     except CheckpointError:
@@ -241,7 +257,8 @@ def read_edm_pickle(file: BinaryIO) -> Any:
         MemoryError,
         UnicodeDecodeError,
     ) as e:
-        raise CheckpointError(f"truncated or corrupt pickle: {type(e).__name__}: {e}") from None
+        raise CheckpointError(f"truncated or corrupt pickle: {type(e).__name__}: {str(e)[:200]}") from None
+
 
 
 # Hyper-parameters whose persisted values must equal the rebuilt module's (catches a pickle whose state does
@@ -274,11 +291,13 @@ _CHECKED_ATTRS = (
     "C_1",
     "C_2",
 )
+_SCALARS = (bool, int, float, str, type(None))
 
 
 def _plain(value: Any) -> Any:
-    """numpy scalars -> Python numbers, EasyDict/OrderedDict -> dict, tuples -> lists (JSON-friendly kwargs)."""
-    if isinstance(value, np.generic):
+    """numpy scalars -> Python numbers, mappings -> dicts, tuples -> lists (JSON-friendly kwargs); any other
+    object (a tensor, an array) is returned as is for the config validator to name."""
+    if isinstance(value, np.generic) and value.dtype.kind in _NUMPY_KINDS:
         return value.item()
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
@@ -287,13 +306,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _init_kwargs(obj: PersistedObject) -> dict[str, Any]:
+def persisted_init_kwargs(obj: PersistedObject) -> dict[str, Any]:
+    """The constructor kwargs a persisted preconditioner recorded (positional ones mapped onto the names of
+    mimicfast's class), as plain values; ``obj.class_name`` must be in ``PRECOND_CLASSES``."""
     args, kwargs = obj.state.get("_init_args", ()), obj.state.get("_init_kwargs")
     if not isinstance(kwargs, Mapping) or not isinstance(args, tuple | list):
         raise CheckpointError(
             f"pickled {obj.class_name} does not record its constructor arguments (_init_args/_init_kwargs)"
         )
     kwargs = _plain(kwargs)
+    if any(not isinstance(k, str) for k in kwargs):
+        raise CheckpointError(f"pickled {obj.class_name} has constructor keyword arguments that are not strings")
     if args:  # map positional arguments onto the reference signature's names
         names = [p for p in inspect.signature(PRECOND_CLASSES[obj.class_name]).parameters if p != "model_kwargs"][
             : len(args)
@@ -302,6 +325,16 @@ def _init_kwargs(obj: PersistedObject) -> dict[str, Any]:
             raise CheckpointError(f"pickled {obj.class_name} has {len(args)} positional arguments; too many")
         kwargs = dict(zip(names, _plain(list(args)), strict=True)) | kwargs
     return kwargs
+
+
+def _mapping(state: dict, group: str, where: str) -> Mapping:
+    value = state.get(group) or {}
+    if not isinstance(value, Mapping):
+        raise CheckpointError(f"{where}: {group} is a {type(value).__name__}, not a dict")
+    bad = next((k for k in value if not isinstance(k, str)), None)
+    if bad is not None:
+        raise CheckpointError(f"{where}: {group} has a key of type {type(bad).__name__}, not str")
+    return value
 
 
 def _walk(node: Any, module: nn.Module, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
@@ -314,25 +347,27 @@ def _walk(node: Any, module: nn.Module, prefix: str) -> Iterator[tuple[str, torc
         raise CheckpointError(f"{where}: pickled class {name} where mimicfast builds {type(module).__name__}")
     state = node.state
     for attr in _CHECKED_ATTRS:
-        if attr in state and hasattr(module, attr) and _plain(state[attr]) != getattr(module, attr):
+        if attr not in state or not hasattr(module, attr):
+            continue
+        value = _plain(state[attr])
+        if not isinstance(value, _SCALARS):
+            raise CheckpointError(f"{where}: pickled {attr} is a {type(value).__name__}, not a number")
+        if value != getattr(module, attr):
             raise CheckpointError(
-                f"{where}: pickled {attr}={_plain(state[attr])!r} but the constructor "
-                f"arguments give {getattr(module, attr)!r}"
+                f"{where}: pickled {attr}={value!r} but the constructor arguments give {getattr(module, attr)!r}"
             )
     non_persistent = state.get("_non_persistent_buffers_set") or set()
+    if not isinstance(non_persistent, set | frozenset):
+        raise CheckpointError(f"{where}: _non_persistent_buffers_set is a {type(non_persistent).__name__}")
     for group in ("_parameters", "_buffers"):
-        tensors = state.get(group) or {}
-        if not isinstance(tensors, Mapping):
-            raise CheckpointError(f"{where}: {group} is a {type(tensors).__name__}, not a dict")
-        for key, value in tensors.items():
+        for key, value in _mapping(state, group, where).items():
             if value is None or (group == "_buffers" and key in non_persistent):
                 continue
             if not isinstance(value, torch.Tensor):
                 raise CheckpointError(f"{where}: {group[1:-1]} {key!r} is a {type(value).__name__}")
             yield prefix + key, value
-    children = state.get("_modules") or {}
     ours = dict(module.named_children())
-    for key, child in children.items():
+    for key, child in _mapping(state, "_modules", where).items():
         if child is None:
             continue
         if key not in ours:
@@ -342,66 +377,7 @@ def _walk(node: Any, module: nn.Module, prefix: str) -> Iterator[tuple[str, torc
         yield from _walk(child, ours[key], f"{prefix}{key}.")
 
 
-def network_from_persisted(obj: PersistedObject) -> nn.Module:
-    """Rebuild a persisted EDM preconditioner as mimicfast's module, weights loaded strictly.
-
-    Returns the network in eval mode with frozen parameters (float32 as stored; CPU).
-    """
-    if obj.class_name not in PRECOND_CLASSES:
-        raise CheckpointError(
-            f"pickled network class {obj.class_name!r} is not supported; mimicfast rebuilds "
-            f"{', '.join(sorted(PRECOND_CLASSES))}"
-        )
-    kwargs = _init_kwargs(obj)
-    try:
-        with torch.device("meta"):  # shapes only: the weights come from the file
-            net = edm_network(obj.class_name, **kwargs)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"pickled {obj.class_name} constructor arguments are not valid: {e}") from None
-    found: dict[str, torch.Tensor] = {}
-    for key, tensor in _walk(obj, net, ""):
-        found[key] = tensor
-    expected = net.state_dict()
-    problem = state_dict_mismatch(net, found)
-    if problem:
-        raise CheckpointError(f"pickled {obj.class_name} tensors do not match its configuration: {problem}")
-    net.load_state_dict({k: found[k] for k in expected}, strict=True, assign=True)
-    leftovers = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
-    if leftovers:
-        raise CheckpointError(f"pickled {obj.class_name} lacks tensors for {', '.join(leftovers[:5])}")
-    return net.eval().requires_grad_(False)
-
-
-def load_edm_pickle(path: str | PathLike[str], key: str = "ema") -> nn.Module:
-    """Load the network of an EDM ``.pkl`` (e.g. ``edm-cifar10-32x32-uncond-vp.pkl``) without running its code.
-
-    Args:
-        path: the pickle file.
-        key: which entry of the pickled dict holds the network (EDM saves the EMA weights as ``"ema"``); a file
-            whose top level is the network itself is accepted too.
-
-    Returns:
-        mimicfast's EDM preconditioned network (``denoiser_kind == "x0_sigma"``), eval mode, frozen parameters,
-        with ``precond_class`` and ``init_kwargs`` set.
-
-    Raises:
-        FileNotFoundError: no such file.
-        CheckpointError: a global outside the allow-list (named), truncated/corrupt data, no network under ``key``,
-            an unsupported class, or tensors that do not match the recorded configuration.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            top = read_edm_pickle(f)
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    obj = top.get(key) if isinstance(top, Mapping) else top
-    if not isinstance(obj, PersistedObject):
-        what = f"keys {sorted(map(str, top))}" if isinstance(top, Mapping) else type(top).__name__
-        raise CheckpointError(f"{path}: no EDM network under {key!r} (found {what})")
-    try:
-        return network_from_persisted(obj)
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+def persisted_tensors(obj: PersistedObject, module: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of a persisted network keyed like ``module.state_dict()``; every persisted submodule's class
+    and checked hyper-parameters must equal ``module``'s (built from :func:`persisted_init_kwargs`)."""
+    return dict(_walk(obj, module, ""))

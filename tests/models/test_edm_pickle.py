@@ -15,7 +15,8 @@ import torch
 
 from mimicfast.errors import CheckpointError
 from mimicfast.models import edm_network
-from mimicfast.models.edm_pickle import PersistedObject, load_edm_pickle, read_edm_pickle
+from mimicfast.models.edm_pickle import PersistedObject, read_edm_pickle
+from mimicfast.models.loader import load_edm_pickle
 from tests.models._edm_util import assert_close_to_fixture_d, dump_with_fake_globals, edm_pickle_bytes, tiny_edm
 
 

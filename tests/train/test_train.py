@@ -53,7 +53,7 @@ def test_ddpm_two_steps_resume_matches_uninterrupted(tmp_path):
     _assert_same_state(a["ema"], b["ema"])
     _assert_same_state(a["model"], b["model"])
     # The export is the EMA in the guided-diffusion layout, loadable by the package loader.
-    from mimicfast.models.loading import load_guided_diffusion
+    from mimicfast.models.loader import load_guided_diffusion
 
     cfg_json = json.loads((tmp_path / "u.json").read_text())
     assert cfg_json.pop("family") == "guided_diffusion"
