@@ -7,29 +7,42 @@ Inside :class:`input_only_vjp`:
 * a 1-d / 2-d convolution whose input requires grad and whose weight and bias do not saves just the weight; its
   backward computes the input gradient with ``aten.convolution_backward`` on a stand-in of the input's shape and
   layout (stride 0 when contiguous: the same call as :func:`torch.nn.grad.conv2d_input`);
-* guided-diffusion's float32 GroupNorm (:func:`mimicfast.models.guided_diffusion.group_norm32`) of a 16-bit
-  activation saves that activation instead of its float32 copy and casts it again in backward (exact: every
-  16-bit value is a float32 value), then calls ``native_group_norm_backward`` as autograd's formula does.
+* a float32 GroupNorm of a 16-bit activation (a function a network registered with
+  :func:`register_fp32_group_norm`) saves that activation instead of its float32 copy and casts it again in
+  backward (exact: every 16-bit value is a float32 value), then calls ``native_group_norm_backward`` as
+  autograd's formula does.
 
 The results are the same functions computed by the same kernels: bitwise equal on the CPU
-(tests/sampling/test_input_vjp.py). Under autocast, convolution arguments are cast as autocast casts them and the
-input gradient is cast back to the input's dtype, as autocast's cast node does. Saved per image by a guided step
-of the ImageNet-256 guided-diffusion UNet, measured on the CPU: 3.38 -> 1.57 GiB under bf16 autocast, 4.62 ->
-3.12 GiB in fp32; EDM DDPM++ CIFAR-10 -18% (bf16) and -34% (fp32) (benches/README.md).
+(tests/fast/test_input_vjp.py). Under autocast, convolution arguments are cast as autocast casts them and the
+input gradient is cast back to the input's dtype, as autocast's cast node does. Saved per image by a guided step,
+measured on the CPU (benches/README.md): the ImageNet 256x256 UNet 3.38 -> 1.57 GiB under bf16 autocast, 4.62 ->
+3.12 GiB in fp32; the CIFAR-10 UNet -18% (bf16) and -34% (fp32).
+
+This module knows no concrete network: networks declare their float32 GroupNorm functions in a registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
 from torch.overrides import TorchFunctionMode
 
-from mimicfast.models.guided_diffusion import group_norm32
-
 _CONVS = {F.conv1d: 1, F.conv2d: 2}
+_FP32_GROUP_NORMS: set[Callable] = set()
+
+
+def register_fp32_group_norm(fn: Callable) -> Callable:
+    """Declare ``fn(x, num_groups, weight, bias, eps) -> Tensor`` a group norm computed in at least float32 and
+    returned in ``x``'s dtype, so that :class:`input_only_vjp` may save its 16-bit input instead of the float32 copy.
+
+    ``fn`` must route through ``__torch_function__`` (``handle_torch_function`` when ``has_torch_function``), as
+    :class:`input_only_vjp` is a ``TorchFunctionMode``. Returns ``fn`` (usable as a decorator).
+    """
+    _FP32_GROUP_NORMS.add(fn)
+    return fn
 
 
 def _expand(value: int | Sequence[int], n: int) -> list[int]:
@@ -83,7 +96,8 @@ def _group_norm_input(xf: torch.Tensor) -> torch.Tensor:
 
 
 class _GroupNorm32InputVJP(torch.autograd.Function):
-    """:func:`group_norm32` of a 16-bit ``x`` with frozen affine parameters, saving ``x`` instead of its fp32 copy."""
+    """A registered float32 group norm of a 16-bit ``x`` with frozen affine parameters, saving ``x`` instead of
+    its fp32 copy."""
 
     @staticmethod
     def forward(ctx, x, num_groups, weight, bias, eps):
@@ -117,12 +131,12 @@ def _frozen(*tensors: torch.Tensor | None) -> bool:
 
 
 class input_only_vjp(TorchFunctionMode):  # noqa: N801 - used as a context manager, like torch.no_grad
-    """Within this context, frozen convolutions keep only their weights for backward and guided-diffusion's fp32
-    GroupNorm keeps its 16-bit input (module docstring); every other call runs unchanged."""
+    """Within this context, frozen convolutions keep only their weights for backward and registered fp32 GroupNorms
+    keep their 16-bit input (module docstring); every other call runs unchanged."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is group_norm32 and torch.is_grad_enabled() and not kwargs:
+        if func in _FP32_GROUP_NORMS and torch.is_grad_enabled() and not kwargs:
             x, num_groups, weight, bias, eps = args
             if x.requires_grad and x.dtype in (torch.bfloat16, torch.float16) and _frozen(weight, bias):
                 return _GroupNorm32InputVJP.apply(x, num_groups, weight, bias, eps)

@@ -2,7 +2,7 @@
 
 Only the network's convolutions, matmuls and attention run in the low-precision ``autocast`` dtype. The
 sampler state ``x``, the schedule and guidance coefficients, the preconditioning arithmetic of the denoiser
-adapters (``x - sigma * eps``; EDM's ``c_skip x + c_out F``) and the guidance residual stay in the working
+adapters (``x - sigma * eps``; a preconditioner's ``c_skip x + c_out F``) and the guidance residual stay in the working
 dtype (fp32): they are elementwise, cheap, and where rounding would accumulate over 1000 steps.
 
 Weights of rank >= 2 (conv kernels, linear and attention projections) are cast to the autocast dtype once

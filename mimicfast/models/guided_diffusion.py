@@ -29,6 +29,7 @@ from torch.overrides import handle_torch_function, has_torch_function_unary
 from torch.utils.checkpoint import checkpoint
 
 from mimicfast.errors import InputError
+from mimicfast.fast.input_vjp import register_fp32_group_norm
 
 __all__ = ["GuidedDiffusionUNet", "guided_diffusion_unet", "timestep_embedding"]
 
@@ -68,6 +69,7 @@ def timestep_embedding(timesteps: Tensor, dim: int, dtype: torch.dtype = torch.f
     return emb
 
 
+@register_fp32_group_norm
 def group_norm32(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     """Group normalisation computed in at least float32, returned in ``x``'s dtype (guided-diffusion's GroupNorm32).
 
