@@ -140,11 +140,11 @@ def sample_unconditional(model: torch.nn.Module, n: int, steps: int = 100, seed:
     from mimicfast.sampling.ancestral import sample
     from mimicfast.sampling.denoisers import as_denoiser
     from mimicfast.sampling.noise import PerSampleNoise
-    from mimicfast.schedules import sigma_grid, space_timesteps
 
     shape = (model.in_channels, model.image_size, model.image_size)
-    sigmas = sigma_grid(space_timesteps(steps, "uniform"))
+    denoiser = as_denoiser(model)
+    sigmas = denoiser.sigmas(steps, "uniform")  # the model's own training schedule
     noise = PerSampleNoise([seed + i for i in range(n)], shape)
     x = noise() * float((1 + sigmas[0] ** 2).sqrt())  # x_T ~ N(0, I), in sigma space
-    out = sample(as_denoiser(model), x, sigmas, noise=noise, clip_denoised=True, progress=progress)
+    out = sample(denoiser, x, sigmas, noise=noise, clip_denoised=True, progress=progress)
     return ((out + 1) / 2).clamp(0, 1)
