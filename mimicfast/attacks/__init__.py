@@ -1,6 +1,81 @@
-"""Attacks for robustness evaluation: PGD-Linf (undefended / purifier-ignoring) and BPDA+EOT (through it)."""
+"""Attacks for robustness evaluation (docs/DESIGN.md §7), each written from its paper.
 
+Every attack in :data:`ATTACKS` has the signature
+
+    attack(model, x, y, *, eps, norm="Linf", steps, eot=1, seeds=0, progress=False, **kw) -> x_adv
+
+``model(x) -> logits [B, K]`` is any differentiable callable (a bare classifier, or a defended one such as
+``nn.Sequential(mimicfast.Purifier(..., grad="bpda", seed=None), classifier)``); it is called on the whole batch,
+in the same row order, :func:`model_calls` times whatever the data. ``seeds`` (an int, or one int per image) seeds
+only the attack's own randomness, per image. ``x_adv`` lies within ``eps`` of ``x`` in ``norm`` and in [0, 1].
+
+* ``transfer``, ``pgd``: PGD with EOT (Madry et al. 2018), :mod:`mimicfast.attacks.projected_gradient`;
+* ``apgd-ce``, ``apgd-dlr``: APGD (Croce & Hein 2020), :mod:`mimicfast.attacks.autopgd`;
+* ``aa-rand``: AutoAttack's ``rand`` protocol, :mod:`mimicfast.attacks.autoattack`;
+* ``cw``: Carlini-Wagner L2 (Carlini & Wagner 2017), :mod:`mimicfast.attacks.carlini_wagner`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+
+from mimicfast.attacks.autoattack import aa_rand, aa_rand_calls
+from mimicfast.attacks.autopgd import apgd, apgd_calls, apgd_checkpoints, apgd_with_success
 from mimicfast.attacks.bpda_eot import bpda_eot, purifier_fn
-from mimicfast.attacks.pgd import pgd_linf
+from mimicfast.attacks.carlini_wagner import cw, cw_calls
+from mimicfast.attacks.common import ce_loss, dlr_loss
+from mimicfast.attacks.projected_gradient import pgd, pgd_calls
+from mimicfast.errors import InputError
 
-__all__ = ["bpda_eot", "pgd_linf", "purifier_fn"]
+apgd_ce = partial(apgd, loss="ce")
+apgd_dlr = partial(apgd, loss="dlr")
+
+ATTACKS: dict[str, Callable[..., torch.Tensor]] = {
+    "transfer": pgd,
+    "pgd": pgd,
+    "apgd-ce": apgd_ce,
+    "apgd-dlr": apgd_dlr,
+    "aa-rand": aa_rand,
+    "cw": cw,
+}
+
+_CALLS: dict[str, Callable[..., int]] = {
+    "transfer": pgd_calls,
+    "pgd": pgd_calls,
+    "apgd-ce": apgd_calls,
+    "apgd-dlr": apgd_calls,
+    "aa-rand": aa_rand_calls,
+    "cw": cw_calls,
+}
+
+
+def model_calls(name: str, **kw: object) -> int:
+    """How many times ``ATTACKS[name](model, x, y, **kw)`` calls ``model`` (the same for any data).
+
+    >>> model_calls("aa-rand", steps=100, eot=20)
+    4120
+    """
+    if name not in _CALLS:
+        raise InputError(f"unknown attack {name!r}; choose from {sorted(ATTACKS)}")
+    return _CALLS[name](**kw)
+
+
+__all__ = [
+    "ATTACKS",
+    "aa_rand",
+    "apgd",
+    "apgd_ce",
+    "apgd_checkpoints",
+    "apgd_dlr",
+    "apgd_with_success",
+    "bpda_eot",
+    "ce_loss",
+    "cw",
+    "dlr_loss",
+    "model_calls",
+    "pgd",
+    "purifier_fn",
+]

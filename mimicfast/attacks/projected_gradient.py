@@ -1,79 +1,90 @@
-"""PGD-Linf with a random start (Madry et al. 2018) against a differentiable classifier.
+"""PGD with EOT (Madry et al. 2018, "Towards deep learning models resistant to adversarial attacks"), Linf and L2.
 
-``x_{k+1} = Proj_{B_inf(x, eps) ∩ [0,1]}(x_k + alpha * sign(grad_x CE(f(x_k), y)))``, started from a uniform
-draw in the eps-ball. Images are in [0, 1] (the purifier's and the bundled classifier's input space).
+Untargeted, on the cross-entropy loss, from a random start in the threat model:
+
+    g_k     = (1 / eot) * sum_j grad_x CE(model_j(x_k), y)          (EOT: one fresh call of model per j)
+    x_{k+1} = Proj_{B_p(x, eps) ∩ [0, 1]^d}(x_k + alpha * dir_p(g_k)),  dir_Linf = sign, dir_L2 = g / ||g||_2
+
+Differences from Madry et al.'s reference code: the gradient is averaged over ``eot`` calls of a possibly
+stochastic ``model`` (with ``eot = 1`` and a deterministic model it is plain PGD); the random start and the
+projection are per image (:mod:`mimicfast.attacks.common`); and instead of the last iterate the attack returns,
+per image, the best of three candidates (highest EOT success rate seen, highest EOT loss seen, last iterate)
+judged by fresh calls of ``model`` (docs/DESIGN.md §7).
+
+``transfer`` in :data:`mimicfast.attacks.ATTACKS` is this function too: PGD on whatever model it is given
+(an evaluation passes the bare classifier and scores the result through the defense).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mimicfast.errors import InputError
+from mimicfast.attacks.common import (
+    STREAM_PGD_START,
+    BestIterates,
+    Model,
+    Seeds,
+    ascent_direction,
+    ce_loss,
+    check_args,
+    eot_gradient,
+    image_seeds,
+    project,
+    random_start,
+    select_final,
+)
+
+_CANDIDATES = 3
 
 
-def check_attack_args(x: torch.Tensor, y: torch.Tensor, eps: float, steps: int) -> None:
-    """Validate the arguments every attack shares."""
-    if x.dim() != 4 or not x.is_floating_point():
-        raise InputError(f"x must be a float tensor [B, C, H, W], got {x.dtype} {tuple(x.shape)}")
-    if y.shape != (x.shape[0],):
-        raise InputError(f"y must hold one label per image ({x.shape[0]}), got shape {tuple(y.shape)}")
-    if float(x.min()) < 0 or float(x.max()) > 1:
-        raise InputError("x must be in [0, 1]")
-    if not eps >= 0:
-        raise InputError(f"eps must be >= 0, got {eps}")
-    if steps < 1:
-        raise InputError(f"steps must be >= 1, got {steps}")
-
-
-def random_start(x: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
-    """``x + U(-eps, eps)`` clipped to [0, 1], drawn from a CPU generator seeded with ``seed``."""
-    gen = torch.Generator().manual_seed(seed)
-    delta = (torch.rand(x.shape, generator=gen, dtype=torch.float64) * 2 - 1) * eps
-    return (x + delta.to(device=x.device, dtype=x.dtype)).clamp(0, 1)
-
-
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Projection onto the Linf ball of radius ``eps`` around ``x``, intersected with [0, 1]."""
-    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
-
-
-def pgd_linf(
-    classifier: Callable[[torch.Tensor], torch.Tensor],
+def pgd(
+    model: Model,
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: float,
-    steps: int = 20,
     *,
-    step_size: float | None = None,
-    seed: int = 0,
+    eps: float,
+    norm: str = "Linf",
+    steps: int = 20,
+    eot: int = 1,
+    seeds: Seeds = 0,
     progress: bool = False,
+    step_size: float | None = None,
+    select_draws: int | None = None,
 ) -> torch.Tensor:
-    """Untargeted PGD-Linf on the cross-entropy loss.
+    """Untargeted PGD-EOT on the cross-entropy loss.
 
     Args:
-        classifier: ``x [B, C, H, W] in [0, 1] -> logits [B, K]``, differentiable (e.g. the bundled CNN).
-        x: clean images [B, C, H, W] in [0, 1].
-        y: true labels [B] (int64).
-        eps: Linf radius in [0, 1] pixel units (e.g. 0.1 for Fashion-MNIST).
+        model: ``x [B, C, H, W] in [0, 1] -> logits [B, K]``, differentiable (a classifier, or a defended
+            classifier such as ``nn.Sequential(mimicfast.Purifier(..., grad="bpda"), classifier)``).
+        x: clean images ``[B, C, H, W]`` in [0, 1], float.
+        y: true labels ``[B]``, int64.
+        eps: radius of the threat model in [0, 1] pixel units (e.g. Linf 0.1 on Fashion-MNIST, L2 0.5 on CIFAR).
+        norm: ``"Linf"`` or ``"L2"``.
         steps: gradient steps.
-        step_size: ``alpha``; default ``2.5 * eps / steps`` (Madry et al.'s rule of thumb).
-        seed: seed of the uniform random start.
-        progress: show a tqdm bar.
+        eot: calls of ``model`` averaged per step (EOT).
+        seeds: seed of the random start: an int (every image) or one int per image.
+        progress: show a tqdm bar over the steps.
+        step_size: ``alpha``; default ``2.5 * eps / steps`` (Madry et al.'s rule: enough to cross the ball).
+        select_draws: fresh calls of ``model`` per candidate when choosing the returned iterate; default ``eot``.
 
     Returns:
-        x_adv [B, C, H, W] with ``|x_adv - x|_inf <= eps`` and values in [0, 1] (no gradient attached).
+        ``x_adv``, like ``x``, detached, within ``eps`` of ``x`` in ``norm`` and in [0, 1]. Calls ``model``
+        :func:`pgd_calls` times on the whole batch.
     """
-    check_attack_args(x, y, eps, steps)
+    check_args(x, y, eps=eps, norm=norm, steps=steps, eot=eot)
     alpha = 2.5 * eps / steps if step_size is None else step_size
     x = x.detach()
-    x_adv = random_start(x, eps, seed)
+    x_k = random_start(x, eps, norm, image_seeds(seeds, x.shape[0]), (STREAM_PGD_START,))
+    best = BestIterates(x_k)
     for _ in tqdm(range(steps), desc="PGD", disable=not progress, leave=False):
-        x_adv.requires_grad_(True)
-        loss = F.cross_entropy(classifier(x_adv), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        x_adv = project(x_adv.detach() + alpha * grad.sign(), x, eps)
-    return x_adv.detach()
+        grad, loss, success = eot_gradient(model, x_k, y, ce_loss, eot)
+        best.update(x_k, loss, success)
+        x_k = project(x_k + alpha * ascent_direction(grad, norm), x, eps, norm)
+    x_adv, _ = select_final(model, y, [best.by_success, best.by_loss, x_k], ce_loss, select_draws or eot)
+    return x_adv
+
+
+def pgd_calls(*, steps: int = 20, eot: int = 1, select_draws: int | None = None, **_: object) -> int:
+    """How many times :func:`pgd` calls ``model``: ``steps * eot + 3 * select_draws``."""
+    return steps * eot + _CANDIDATES * (select_draws or eot)

@@ -1,0 +1,65 @@
+"""AutoAttack's ``rand`` protocol for randomized defenses (Croce & Hein 2020, Sec. 5): APGD-CE, then APGD-DLR,
+each with EOT over 20 calls of the model per iteration, keeping for each image the stronger result.
+
+Differences from the reference (github fra31/auto-attack, ``version="rand"``): APGD-DLR attacks every image,
+not only those APGD-CE left correctly classified on one call, and "stronger" is decided by each run's success
+rate over fresh calls of the model (:func:`mimicfast.attacks.autopgd.apgd_with_success`), not by one call; the
+reference also re-checks its final accuracy with one call per image. Each APGD run follows this package's
+APGD (:mod:`mimicfast.attacks.autopgd`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mimicfast.attacks.autopgd import apgd_calls, apgd_with_success
+from mimicfast.attacks.common import Model, Seeds
+
+
+def aa_rand(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "Linf",
+    steps: int = 100,
+    eot: int = 20,
+    seeds: Seeds = 0,
+    progress: bool = False,
+    restarts: int = 1,
+    select_draws: int | None = None,
+) -> torch.Tensor:
+    """APGD-CE then APGD-DLR (both ``steps`` iterations, ``eot`` calls per iteration, ``restarts`` runs).
+
+    Args:
+        model: ``x [B, C, H, W] in [0, 1] -> logits [B, K >= 3]``, differentiable, possibly stochastic.
+        x: clean images ``[B, C, H, W]`` in [0, 1], float.
+        y: true labels ``[B]``, int64.
+        eps: radius of the threat model in [0, 1] pixel units.
+        norm: ``"Linf"`` or ``"L2"``.
+        steps: APGD iterations per run (AutoAttack: 100).
+        eot: calls of ``model`` averaged per iteration (AutoAttack ``rand``: 20).
+        seeds: seed of the random starts: an int (every image) or one int per image.
+        progress: tqdm bars over each APGD run's iterations.
+        restarts: APGD runs per loss (AutoAttack ``rand``: 1).
+        select_draws: fresh calls per candidate when choosing an iterate; default ``eot``.
+
+    Returns:
+        ``x_adv``, like ``x``, detached, within ``eps`` of ``x`` in ``norm`` and in [0, 1]: per image the APGD-CE
+        result unless APGD-DLR's scored a strictly higher success rate. Calls ``model`` :func:`aa_rand_calls`
+        times on the whole batch.
+    """
+    common = dict(eps=eps, norm=norm, steps=steps, eot=eot, seeds=seeds, progress=progress, restarts=restarts,
+                  select_draws=select_draws)  # fmt: skip
+    x_ce, success_ce = apgd_with_success(model, x, y, loss="ce", **common)
+    x_dlr, success_dlr = apgd_with_success(model, x, y, loss="dlr", **common)
+    dlr_better = (success_dlr > success_ce).view(-1, *([1] * (x.dim() - 1)))
+    return torch.where(dlr_better, x_dlr, x_ce)
+
+
+def aa_rand_calls(
+    *, steps: int = 100, eot: int = 20, restarts: int = 1, select_draws: int | None = None, **_: object
+) -> int:
+    """How many times :func:`aa_rand` calls ``model``: twice :func:`mimicfast.attacks.autopgd.apgd_calls`."""
+    return 2 * apgd_calls(steps=steps, eot=eot, restarts=restarts, select_draws=select_draws)
