@@ -1,4 +1,4 @@
-"""End-to-end purification benches (issue 6): the fast path against the eager reference, per image.
+"""End-to-end purification benches: the fast path against the eager reference, per image.
 
 GPU configs (skipped without CUDA), random weights (speed does not depend on them; every parameter is redrawn
 so no layer multiplies zeros, which can run faster than real data):
@@ -12,14 +12,14 @@ Each row reports seconds per image and images/s of the fast path (steady state: 
 in the same run and the speed-up over it, the ratio to the paper's 156 s (window) and 268 s (no window) per
 ImageNet image on an RTX 4090, and the fraction of the FLOP floor: ``T * forward + guided * input-VJP``
 FLOPs per image (``../shared/fixtures/parity/flops.json``) at the bf16 dense-matmul rate measured on the
-device at session start (DESIGN.md §5 quotes 790 TFLOP/s for the lent H100).
+device at session start (docs/DESIGN.md §5 quotes 790 TFLOP/s for an H100).
 
 The eager reference at T = 1000 takes minutes per image, so by default it is timed per step: ``s`` steps
 with every step unguided and ``s`` with every step guided (``MIMICFAST_BENCH_EAGER_STEPS``, default 4), and
 the full loop's time is ``unguided * t_unguided + guided * t_guided`` (``eager_method`` says which);
 ``MIMICFAST_BENCH_FULL_EAGER=1`` runs the whole eager loop instead.
 
-The fast path runs the whole loop by default (``fast_method`` = "full loop"). Under a tight device budget,
+The fast path runs the whole loop by default (``fast_method`` = "full loop"). Where device time is short,
 ``MIMICFAST_BENCH_FAST_STEPS=k`` instead replays the captured graphs over ``k`` consecutive unguided steps
 and ``k`` consecutive guided steps of the real loop (3 rounds, median; a replay of one kind costs the same at
 every step, only the step index differs) and reports ``unguided * t_unguided + guided * t_guided``

@@ -1,4 +1,4 @@
-"""Shared machinery of the op benches (``pytest benches/``; DESIGN.md §5, METHOD.md of the device tool).
+"""Shared machinery of the op benches (``pytest benches/``; docs/DESIGN.md §5).
 
 Every bench times one provider of one op at one shape and records, in pytest-benchmark's ``extra_info``:
 its time, its speed-up over the reference measured in the same session, and its fraction of the floor

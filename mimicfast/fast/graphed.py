@@ -1,4 +1,4 @@
-"""CUDA-graph replay of the reverse loop (DESIGN.md §3: no host sync, coefficients on device).
+"""CUDA-graph replay of the reverse loop (docs/DESIGN.md §3: no host sync, coefficients on device).
 
 A :class:`mimicfast.fast.loop.FastLoop` step reads its index from a device tensor and writes its result into
 static buffers, so one captured graph per *piece* (``(guided, length)``: ``length`` consecutive steps of one

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from mimicfast.fast import apply_policy, measure_footprint
 from mimicfast.fast.input_vjp import input_only_vjp
-from mimicfast.models.loading import load_guided_diffusion
+from mimicfast.models.loader import load_guided_diffusion
 from mimicfast.presets import get_preset
 from mimicfast.sampling import as_denoiser
 from mimicfast.sampling.step import denoise
@@ -167,3 +167,11 @@ def test_cuda_vjp_matches_autograd(parity_dir, policy, tolerance) -> None:
     _, lean = _saved_bytes_and_vjp(denoiser, x, cotangent, input_only_vjp, set())
     rel = float((lean - plain).norm() / plain.norm())
     assert rel <= tolerance, f"relative difference {rel:.2e}"
+
+
+def test_networks_register_their_float32_group_norms() -> None:
+    """fast/ imports no network; guided-diffusion's group_norm32 is known to input_only_vjp through the registry."""
+    from mimicfast.fast.input_vjp import _FP32_GROUP_NORMS
+    from mimicfast.models.guided_diffusion import group_norm32
+
+    assert group_norm32 in _FP32_GROUP_NORMS

@@ -1,9 +1,9 @@
-"""The fast path (mimicfast.fast) against the eager sampler and the reference (DESIGN.md §4).
+"""The fast path (mimicfast.fast) against the eager sampler and the reference (docs/DESIGN.md §4).
 
 CPU: the fast path's eager mode (the very step code that CUDA graphs capture) equals
 ``mimicfast.api.purify_batch`` bit for bit; the graph plan, the precision policy, batch sizing and the errors.
 GPU (``@pytest.mark.gpu``, skipped without CUDA): graph replay draws exactly the eager noise and equals the
-eager fast path; no host sync in a step; the DESIGN.md §4 error criterion against Algorithm 1 in float64;
+eager fast path; no host sync in a step; the docs/DESIGN.md §4 error criterion against Algorithm 1 in float64;
 bf16 sanity; batch sizing from free memory; bf16 accuracy of the bundled model.
 """
 
@@ -29,7 +29,7 @@ from mimicfast.fast import (
     resolve_autocast,
     segments,
 )
-from mimicfast.models.loading import load_guided_diffusion
+from mimicfast.models.loader import load_guided_diffusion
 from mimicfast.presets import get_preset
 from mimicfast.sampling import PerSampleNoise, as_denoiser
 from mimicfast.schedules import window_mask
@@ -104,7 +104,7 @@ def test_fast_eager_equals_purify_batch_gd_unet(gd_small) -> None:
 
 @pytest.mark.parametrize("case", ["paper", "released-vjp"])
 def test_fast_eager_equals_algorithm1_float64(case: str) -> None:
-    """Against the spec directly (DESIGN.md §4: same seed, float64, ~1e-6), not only through purify_batch."""
+    """Against the spec directly (docs/DESIGN.md §4: same seed, float64, ~1e-6), not only through purify_batch."""
     from mimicfast.reference.algorithm1 import mimic_diffusion_reference
 
     net = TinyEpsNet(learn_sigma=True).double()
@@ -456,7 +456,7 @@ def test_no_host_sync_inside_the_loop(parity_dir) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["paper", "released"])
 def test_graphed_fast_path_error_vs_reference_is_at_most_twice_eager(parity_dir, name: str) -> None:
-    """DESIGN.md §4: the fast path's error against float64 Algorithm 1 is at most ~2x plain PyTorch's (fp32)."""
+    """docs/DESIGN.md §4: the fast path's error against float64 Algorithm 1 is at most ~2x plain PyTorch's (fp32)."""
     from mimicfast.reference.algorithm1 import mimic_diffusion_reference
 
     preset = get_preset(name).replace(steps=20, **({"scale": 1e-4} if name == "paper" else {}))
