@@ -319,13 +319,25 @@ def _validate_gd(cfg: dict[str, Any]) -> dict[str, Any]:
                 f"(defaults exist for {sorted(_GD_DEFAULT_MULT)}); give channel_mult"
             )
         mult = _GD_DEFAULT_MULT[out["image_size"]]
-    for m in mult:
-        width = int(m * out["num_channels"])
+    widths = [int(m * out["num_channels"]) for m in mult]
+    for m, width in zip(mult, widths, strict=True):
         if width < 1 or width % _GD_NORM_GROUPS:
             raise CheckpointError(
                 f"num_channels {out['num_channels']} x channel_mult {m} = {width} channels; guided-diffusion's "
                 f"GroupNorm needs a positive multiple of {_GD_NORM_GROUPS}"
             )
+    # Attention layers: levels whose downsample factor is listed, and always the middle block (deepest width).
+    factors = {out["image_size"] // r for r in out.get("attention_resolutions", [16])}
+    head_channels = out.get("num_head_channels", -1)
+    heads = out.get("num_heads", 1)
+    heads_up = out.get("num_heads_upsample", -1)
+    attended = [(w, heads) for i, w in enumerate(widths) if 2**i in factors] + [(widths[-1], heads)]
+    attended += [(w, heads if heads_up == -1 else heads_up) for i, w in enumerate(widths) if 2**i in factors]
+    for width, n in attended:
+        per = head_channels if head_channels != -1 else n
+        if width % per:
+            what = f"num_head_channels {head_channels}" if head_channels != -1 else f"{n} heads"
+            raise CheckpointError(f"attention over {width} channels cannot be split into {what}")
     return {"family": "guided_diffusion", **kwargs}
 
 

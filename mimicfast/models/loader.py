@@ -418,7 +418,10 @@ def load_guided_diffusion(
     name, kwargs = gd_name_and_kwargs(config)
     if dtype is not None and not dtype.is_floating_point:
         raise InputError(f"dtype must be a floating-point dtype, got {dtype}")
-    model = _gd_on_meta(kwargs, name)
+    try:
+        model = _gd_on_meta(kwargs, name)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     sd = load_state_dict_file(path)
     problem = state_dict_mismatch(model, sd)
     if problem is not None:
@@ -464,7 +467,10 @@ def _edm_on_meta(cfg: dict[str, Any]) -> nn.Module:
 
 
 def _load_edm_state_dict(path: Path, sd: Mapping[str, Tensor], cfg: dict[str, Any]) -> nn.Module:
-    net = _edm_on_meta(cfg)
+    try:
+        net = _edm_on_meta(cfg)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     problem = state_dict_mismatch(net, sd)
     if problem is not None:
         raise CheckpointError(f"{path}: checkpoint does not match its EDM {cfg['precond_class']} config: {problem}")

@@ -6,6 +6,7 @@ import collections
 import pickle
 import sys
 import types
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -90,11 +91,19 @@ def _module_state(module: torch.nn.Module, init_kwargs: dict | None) -> dict:
     return state
 
 
-def edm_pickle_bytes(net: torch.nn.Module, extra: dict | None = None, module_src: str | None = None) -> bytes:
+def edm_pickle_bytes(
+    net: torch.nn.Module,
+    extra: dict | None = None,
+    module_src: str | None = None,
+    edit: Callable[[dict], None] | None = None,
+) -> bytes:
     """Pickle ``{'ema': net, ...}`` in the format of EDM's released ``.pkl`` files (plain ``pickle.dump`` of
     persistent objects), without EDM's code: fake ``torch_utils.persistence`` and ``torch.nn.ModuleDict``
-    globals exist only while dumping."""
+    globals exist only while dumping. ``edit(state)`` may change the network's pickled ``__dict__`` first (its
+    ``_init_kwargs``, ``_parameters``, ``_modules``, ...: hostile files for the tests)."""
     state = _module_state(net, dict(net.init_kwargs))
+    if edit is not None:
+        edit(state)
     top = _Persistent(net.precond_class, state, module_src or "# training/networks.py\n")
     data = {
         "ema": top,
