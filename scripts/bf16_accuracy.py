@@ -1,6 +1,6 @@
 """bf16 autocast vs fp32 on the fast path: standard and robust accuracy of the bundled Fashion-MNIST pair.
 
-The protocol of ``tests/sampling/test_fast_path.py::test_bf16_accuracy_of_the_bundled_model_within_noise_of_fp32``
+The protocol of ``tests/fast/test_fast_path.py::test_bf16_accuracy_of_the_bundled_model_within_noise_of_fp32``
 (the GPU test), runnable on any device: the first ``--n`` bundled test images, PGD-Linf (eps 0.1, 20 steps)
 against the bare classifier, the ``paper`` preset at ``--steps``, seeds 0..n-1, the same images, seeds and
 adversarial examples for both precisions. Prints each accuracy, how many images the two precisions classify

@@ -50,8 +50,8 @@ python3 -c "import mimicfast; print(mimicfast.backends())"
 
 # 2. Correctness on the GPU first: the fast path (graph replay == eager, noise, no host sync, vs float64
 #    Algorithm 1, bf16 accuracy of the bundled model at N = 256), then every op backend against the reference.
-step tests-fast-path 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/sampling/test_fast_path.py \
-    tests/sampling/test_input_vjp.py --junitxml="$OUT/junit_fast_path.xml"
+step tests-fast-path 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/fast/test_fast_path.py \
+    tests/fast/test_input_vjp.py --junitxml="$OUT/junit_fast_path.xml"
 step tests-ops 60 python3 -m pytest -q -p no:cacheprovider tests/ops --junitxml="$OUT/junit_ops.xml"
 
 # 3. End-to-end benches, bf16 (the default policy), all issue-6 configurations, per-kind replay timing.

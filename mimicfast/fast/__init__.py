@@ -3,11 +3,13 @@
     >>> from mimicfast.fast import FastPurifier, auto_batch_size, purify_batch_fast
     >>> x0 = purify_batch_fast(denoiser, y, preset, seeds, autocast="bf16")   # graphs on CUDA by default
 
-Modules: :mod:`~mimicfast.fast.loop` (the in-place, graph-capturable step shared by the eager and the graphed
-path), :mod:`~mimicfast.fast.graphed` (capture and replay), :mod:`~mimicfast.fast.input_vjp` (VJPs that keep only
-what the input gradient needs), :mod:`~mimicfast.fast.precision` (autocast,
-channels_last, ``torch.compile``), :mod:`~mimicfast.fast.memory` (batch size from free memory),
-:mod:`~mimicfast.fast.purify` (entry points). Importing this package does not initialise CUDA.
+Modules: :mod:`~mimicfast.fast.loop` (static buffers around THE reverse step,
+:func:`mimicfast.sampling.step.reverse_step`: the eager fast path, and what the graphs capture),
+:mod:`~mimicfast.fast.graphed` (capture and replay), :mod:`~mimicfast.fast.input_vjp` (VJPs that keep only what
+the input gradient needs; networks register their float32 GroupNorms there), :mod:`~mimicfast.fast.precision`
+(autocast, channels_last, ``torch.compile``), :mod:`~mimicfast.fast.memory` (batch size from free memory),
+:mod:`~mimicfast.fast.purify` (entry points). Importing this package does not initialise CUDA; it imports no
+network.
 """
 
 from mimicfast.fast.graphed import GraphedLoop
