@@ -2,7 +2,7 @@
 
 Three rules hold for every command that uses this module:
 
-* **Reads are bounded.** :func:`open_regular` opens regular files only (a FIFO, a device such as /dev/zero or a
+* **Reads are bounded.** :func:`open_input` opens regular files only (a FIFO, a device such as /dev/zero or a
   directory is refused without blocking), and no reader reads more than the file's size. Pictures are checked
   from their header (size, mode) before any pixel is decoded; ``.npy`` headers are checked against the file size
   before any array is allocated.
@@ -19,7 +19,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import stat
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable
@@ -27,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from mimicfast.errors import InputError
+from mimicfast.errors import CheckpointError, InputError
+from mimicfast.models.safe_read import BoundedReader, open_regular
 
 if TYPE_CHECKING:
     import torch
@@ -49,37 +49,14 @@ _COLOUR_MODES = {"RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB
 # ---------------------------------------------------------------------------------------------- safe reads
 
 
-def open_regular(path: Path, max_bytes: int = MAX_INPUT_BYTES) -> IO[bytes]:
-    """Open ``path`` for binary reading if it is a regular file of at most ``max_bytes`` bytes.
-
-    The file is opened non-blocking and checked with ``fstat`` on the open descriptor, so a FIFO or a device
-    never blocks or streams forever, and what is checked is what is read (no race with a rename).
-    Raises InputError (not a regular file, too large) or OSError (missing, unreadable).
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+def open_input(path: Path, max_bytes: int = MAX_INPUT_BYTES) -> BoundedReader:
+    """Open an input for bounded reading through the loader's :func:`mimicfast.models.safe_read.open_regular`:
+    a regular file of at most ``max_bytes`` bytes (a FIFO, device or folder is refused without blocking), never
+    read past the size it had when opened. Raises InputError naming the problem, FileNotFoundError."""
     try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise InputError(f"{path}: is a folder, not a file")
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{path}: not a regular file (a FIFO, device or socket); refusing to read it")
-        if st.st_size > max_bytes:
-            raise InputError(f"{path}: {st.st_size} bytes is larger than the {max_bytes} bytes accepted")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def read_regular(path: Path, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
-    """The whole content of a regular file of at most ``max_bytes`` bytes (see :func:`open_regular`)."""
-    with open_regular(path, max_bytes) as f:
-        size = os.fstat(f.fileno()).st_size
-        data = f.read(size + 1)
-    if len(data) > size:
-        raise InputError(f"{path}: the file grew while it was read")
-    return data
+        return open_regular(path, max_bytes=max_bytes, what="picture or batch")
+    except CheckpointError as exc:
+        raise InputError(str(exc)) from None
 
 
 FileId = tuple[int, int]
@@ -288,7 +265,7 @@ def _read_picture(path: Path, geometry: Geometry) -> torch.Tensor:
     import torch
     from PIL import Image
 
-    with open_regular(path) as f:
+    with open_input(path) as f:
         try:
             with warnings.catch_warnings():  # the size is checked below, against MAX_PIXELS
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -326,7 +303,7 @@ def _read_batch(path: Path) -> torch.Tensor:
     if path.suffix.lower() == ".npy":
         tensor = _read_npy(path)
     else:
-        with open_regular(path) as f:
+        with open_input(path) as f:
             try:
                 obj = torch.load(f, map_location="cpu", weights_only=True)
             except Exception as exc:  # noqa: BLE001 -- any unpickling failure is a bad input file
@@ -353,8 +330,8 @@ def _read_npy(path: Path) -> torch.Tensor:
     import numpy as np
     import torch
 
-    with open_regular(path) as f:
-        size = os.fstat(f.fileno()).st_size
+    with open_input(path) as f:
+        size = f.size
         try:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):

@@ -246,7 +246,7 @@ def _load_chunk(path: Path, key: str, shape: tuple[int, ...]) -> tuple[torch.Ten
     when there is no chunk file at all."""
     import torch
 
-    from mimicfast.io import open_regular
+    from mimicfast.io import open_input
 
     if not path.exists():
         return None, None
@@ -254,7 +254,7 @@ def _load_chunk(path: Path, key: str, shape: tuple[int, ...]) -> tuple[torch.Ten
     for dim in shape:
         expected *= dim
     try:
-        with open_regular(path, max_bytes=2 * expected + (1 << 20)) as f:
+        with open_input(path, max_bytes=2 * expected + (1 << 20)) as f:
             obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- any unreadable chunk is recomputed
         return None, f"unreadable: {type(exc).__name__}"
