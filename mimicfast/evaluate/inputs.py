@@ -128,7 +128,10 @@ def load_classifier(path: Path | None, class_path: str | None = None, kwargs: di
         except RuntimeError as exc:
             raise InputError(f"{path}: does not match {class_path}: {' '.join(str(exc).split())[:300]}") from None
     ident = file_id(path) + ("" if class_path is None else f"+{class_path}{json.dumps(kwargs or {})}")
-    return model.to(device).eval().requires_grad_(False), ident
+    model = model.to(device).eval()
+    for param in model.parameters():  # ScriptModules have no requires_grad_()
+        param.requires_grad_(False)
+    return model, ident
 
 
 def load_model(path: Path | None, config: str | None = None, device: str = "cpu") -> tuple[nn.Module, str]:
