@@ -24,7 +24,6 @@ import torch
 
 from mimicfast.attacks.autoattack import aa_rand, aa_rand_calls
 from mimicfast.attacks.autopgd import apgd, apgd_calls, apgd_checkpoints, apgd_with_success
-from mimicfast.attacks.bpda_eot import bpda_eot, purifier_fn
 from mimicfast.attacks.carlini_wagner import cw, cw_calls
 from mimicfast.attacks.common import ce_loss, dlr_loss
 from mimicfast.attacks.projected_gradient import pgd, pgd_calls
@@ -56,7 +55,7 @@ def model_calls(name: str, **kw: object) -> int:
     """How many times ``ATTACKS[name](model, x, y, **kw)`` calls ``model`` (the same for any data).
 
     >>> model_calls("aa-rand", steps=100, eot=20)
-    4120
+    4160
     """
     if name not in _CALLS:
         raise InputError(f"unknown attack {name!r}; choose from {sorted(ATTACKS)}")
@@ -71,11 +70,9 @@ __all__ = [
     "apgd_checkpoints",
     "apgd_dlr",
     "apgd_with_success",
-    "bpda_eot",
     "ce_loss",
     "cw",
     "dlr_loss",
     "model_calls",
     "pgd",
-    "purifier_fn",
 ]
