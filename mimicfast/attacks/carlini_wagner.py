@@ -89,7 +89,7 @@ def cw(
         ``x_adv``, like ``x``, detached, within ``eps`` of ``x`` in ``norm`` and in [0, 1]. Calls ``model``
         :func:`cw_calls` times on the whole batch.
     """
-    check_args(x, y, eps=eps, norm=norm, steps=steps, eot=eot)
+    check_args(x, y, eps=eps, norm=norm, steps=steps, eot=eot, finite=False)
     image_seeds(seeds, x.shape[0])
     if search_steps < 1:
         raise InputError(f"search_steps must be >= 1, got {search_steps}")

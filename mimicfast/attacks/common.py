@@ -18,6 +18,7 @@ Conventions (docs/DESIGN.md §7):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -37,16 +38,18 @@ STREAM_PGD_START = 1
 STREAM_APGD_START = 2
 
 
-def check_args(x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int, eot: int) -> None:
-    """Validate the arguments every attack shares; raises :class:`mimicfast.errors.InputError`."""
+def check_args(
+    x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int, eot: int, finite: bool = True
+) -> None:
+    """Validate the arguments every attack shares (``eps`` may be ``inf`` unless ``finite``); raises InputError."""
     if x.dim() != 4 or not x.is_floating_point():
         raise InputError(f"x must be a float tensor [B, C, H, W], got {x.dtype} {tuple(x.shape)}")
     if y.shape != (x.shape[0],) or y.dtype != torch.int64:
         raise InputError(f"y must hold one int64 label per image ({x.shape[0]}), got {y.dtype} {tuple(y.shape)}")
     if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
         raise InputError("x must be in [0, 1]")
-    if not eps >= 0:
-        raise InputError(f"eps must be >= 0, got {eps}")
+    if not (eps >= 0 and (math.isfinite(eps) or not finite)):
+        raise InputError(f"eps must be finite and >= 0, got {eps}" if finite else f"eps must be >= 0, got {eps}")
     if norm not in NORMS:
         raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
     if steps < 1:

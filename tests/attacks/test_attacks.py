@@ -202,6 +202,8 @@ def test_attacks_reject_bad_input(bare):
         ATTACKS["pgd"](classifier, x * 2, y, eps=LINF_EPS)
     with pytest.raises(InputError, match="eot"):
         ATTACKS["apgd-ce"](classifier, x, y, eps=LINF_EPS, eot=0)
+    with pytest.raises(InputError, match="finite"):
+        ATTACKS["apgd-ce"](classifier, x, y, eps=math.inf)
     with pytest.raises(InputError, match="norm"):
         ATTACKS["apgd-dlr"](classifier, x, y, eps=LINF_EPS, norm="L1")
     with pytest.raises(InputError, match="seeds"):
@@ -210,6 +212,13 @@ def test_attacks_reject_bad_input(bare):
         ATTACKS["pgd"](lambda images: classifier(images).detach(), x, y, eps=LINF_EPS)
     with pytest.raises(InputError, match="unknown attack"):
         model_calls("fgsm", steps=1)
+
+
+def test_cw_without_a_budget_is_the_minimum_norm_attack(bare):
+    classifier, x, y = bare
+    x_adv = ATTACKS["cw"](classifier, x[:4], y[:4], eps=math.inf, steps=20, search_steps=2)
+    assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+    assert _accuracy(classifier, x_adv, y[:4]) == 0.0
 
 
 def test_zero_budget_returns_the_clean_images(bare):
