@@ -301,7 +301,7 @@ def _validate_gd(cfg: dict[str, Any]) -> dict[str, Any]:
         extra = [k for k in cfg if k not in ("family", "config")]
         if extra:
             raise CheckpointError(f"a named config takes no other keys, got {', '.join(map(repr, extra))}")
-        if cfg["config"] not in GD_CONFIGS:
+        if not isinstance(cfg["config"], str) or cfg["config"] not in GD_CONFIGS:
             raise CheckpointError(
                 f"unknown guided-diffusion config {cfg['config']!r}; known: {', '.join(GD_CONFIGS)}"
             )
@@ -343,7 +343,7 @@ def _validate_gd(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _validate_edm(cfg: dict[str, Any]) -> dict[str, Any]:
     precond = cfg.get("precond_class")
-    if precond not in _EDM_PRECOND:
+    if not isinstance(precond, str) or precond not in _EDM_PRECOND:
         raise _bad("an EDM config's precond_class", precond, f"one of {', '.join(_EDM_PRECOND)}")
     kwargs = {k: v for k, v in cfg.items() if k not in ("family", "precond_class")}
     for key in ("img_resolution", "img_channels"):

@@ -13,7 +13,6 @@ the local directory only (no download, no pickle).
 
 from __future__ import annotations
 
-import json
 from os import PathLike
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from mimicfast.errors import CheckpointError, InputError
+from mimicfast.models.safe_read import read_json
 from mimicfast.schedules import alphas_cumprod, linear_betas
 
 __all__ = ["DiffusersUNetDenoiser", "load_diffusers"]
@@ -136,9 +136,10 @@ def load_diffusers(path: str | PathLike[str]) -> DiffusersUNetDenoiser:
     if unet_dir is None or sched_dir is None:
         missing = "unet/config.json" if unet_dir is None else "scheduler/scheduler_config.json"
         raise CheckpointError(f"{root}: not a diffusers model directory (no {missing})")
-    unet_cfg = json.loads((unet_dir / "config.json").read_text())
-    if unet_cfg.get("_class_name") != "UNet2DModel":
-        raise CheckpointError(f"{unet_dir}: a {unet_cfg.get('_class_name')!r}, mimicfast supports UNet2DModel")
+    unet_cfg = read_json(unet_dir / "config.json")
+    if not isinstance(unet_cfg, dict) or unet_cfg.get("_class_name") != "UNet2DModel":
+        found = unet_cfg.get("_class_name") if isinstance(unet_cfg, dict) else type(unet_cfg).__name__
+        raise CheckpointError(f"{unet_dir}: a {str(found)[:80]!r}, mimicfast supports UNet2DModel")
     if not any(unet_dir.glob("*.safetensors")):
         raise CheckpointError(f"{unet_dir}: no .safetensors weights (mimicfast does not unpickle .bin files; "
                               "re-save with save_pretrained(safe_serialization=True))")

@@ -139,7 +139,7 @@ def load(path: str | PathLike[str], config: str | Mapping[str, Any] | PathLike[s
         return _autodetect(path)
     if cfg["family"] == "guided_diffusion":
         return _finish(load_guided_diffusion(path, cfg), cfg)
-    return _load_edm_state_dict(path, load_state_dict_file(path), cfg)
+    return _load_edm_state_dict(path, cfg)
 
 
 def resolve_config(path: str | PathLike[str], config: Any) -> dict[str, Any] | None:
@@ -181,7 +181,8 @@ def load_state_dict_file(path: str | PathLike[str]) -> dict[str, Tensor]:
     Never executes code from the file. Common containers are unwrapped: if the top level is not itself a
     ``name -> Tensor`` mapping but ``obj["ema"]``, ``obj["state_dict"]`` or ``obj["model"]`` is (first match in
     that order), that inner mapping is returned. A ``module.`` prefix on every key (``DataParallel``) is removed.
-    Every tensor passes :func:`check_weights`.
+    Every tensor passes :func:`check_weights` with ``floating_only=False`` (integer buffers such as BatchNorm's
+    ``num_batches_tracked`` are fine in a state dict; the network loaders require floating weights).
 
     Raises:
         FileNotFoundError: the path does not exist (the message names it).
@@ -189,7 +190,12 @@ def load_state_dict_file(path: str | PathLike[str]) -> dict[str, Tensor]:
             load or exceeds the structure bounds, content that is not a mapping of string names to tensors, or
             weights that fail :func:`check_weights`.
     """
-    path = Path(path)
+    sd = _read_state_dict(Path(path))
+    check_weights(sd, str(path), floating_only=False)
+    return sd
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
     suffix = path.suffix.lower()
     with open_regular(path, max_bytes=MAX_CHECKPOINT_BYTES) as f:
         if suffix not in (*_TORCH_SUFFIXES, ".safetensors"):
@@ -198,9 +204,7 @@ def load_state_dict_file(path: str | PathLike[str]) -> dict[str, Tensor]:
                 f"{', '.join(_TORCH_SUFFIXES)} or .safetensors"
             )
         obj = _load_safetensors(f) if suffix == ".safetensors" else _load_torch(f)
-    sd = _as_state_dict(obj, path)
-    check_weights(sd, str(path))
-    return sd
+    return _as_state_dict(obj, path)
 
 
 def _load_safetensors(f: BoundedReader) -> dict[str, Tensor]:
@@ -316,12 +320,13 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def check_weights(tensors: Mapping[str, Tensor], source: str) -> None:
+def check_weights(tensors: Mapping[str, Tensor], source: str, *, floating_only: bool = True) -> None:
     """Refuse weights a network cannot use: every tensor must be a plain dense (strided) CPU tensor of a
-    floating dtype (float16/bfloat16/float32/float64) with only finite values.
+    floating dtype (float16/bfloat16/float32/float64; with ``floating_only=False`` also integer or bool) with only
+    finite values.
 
     NaN/Inf weights would make every purified image NaN (black PNGs, exit 0); sparse, meta, quantized or
-    integer tensors fail later with an unrelated traceback.
+    integer weights fail later with an unrelated traceback (or, copied into a float network, load silently).
 
     Raises:
         CheckpointError: naming ``source``, the first offending key and what is wrong with it.
@@ -336,9 +341,9 @@ def check_weights(tensors: Mapping[str, Tensor], source: str) -> None:
             problem = "is a meta tensor (a shape without data)"
         elif t.device.type != "cpu":
             problem = f"is on {t.device}, not the CPU"
-        elif t.dtype not in _WEIGHT_DTYPES:
+        elif t.dtype not in _WEIGHT_DTYPES and (floating_only or t.is_complex() or t.is_quantized):
             problem = f"has dtype {str(t.dtype).removeprefix('torch.')}; weights must be floating point"
-        elif not bool(torch.isfinite(t).all()):
+        elif t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             problem = f"has {bad} non-finite values (NaN or Inf)"
         if problem is not None:
@@ -422,7 +427,8 @@ def load_guided_diffusion(
         model = _gd_on_meta(kwargs, name)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    sd = load_state_dict_file(path)
+    sd = _read_state_dict(Path(path))
+    check_weights(sd, str(path))
     problem = state_dict_mismatch(model, sd)
     if problem is not None:
         matches = [m for m in matching_gd_configs(sd) if m != name]
@@ -439,7 +445,7 @@ def load_guided_diffusion(
 
 
 def _autodetect(path: Path) -> nn.Module:
-    sd = load_state_dict_file(path)
+    sd = _read_state_dict(path)
     if _GD_MARKER in sd:
         names = matching_gd_configs(sd)
         if not names:
@@ -466,11 +472,13 @@ def _edm_on_meta(cfg: dict[str, Any]) -> nn.Module:
     return _build_on_meta(lambda: edm_network(cfg["precond_class"], **kwargs), f"EDM {cfg['precond_class']}")
 
 
-def _load_edm_state_dict(path: Path, sd: Mapping[str, Tensor], cfg: dict[str, Any]) -> nn.Module:
+def _load_edm_state_dict(path: Path, cfg: dict[str, Any]) -> nn.Module:
     try:
         net = _edm_on_meta(cfg)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    sd = _read_state_dict(path)
+    check_weights(sd, str(path))
     problem = state_dict_mismatch(net, sd)
     if problem is not None:
         raise CheckpointError(f"{path}: checkpoint does not match its EDM {cfg['precond_class']} config: {problem}")

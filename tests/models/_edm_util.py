@@ -144,3 +144,15 @@ def assert_close_to_fixture_d(out: torch.Tensor, vec: dict) -> None:
     atol = 3e-5 * vec["sigma"].clamp(min=1).view(-1, 1, 1, 1)
     err = (out - vec["D_x"]).abs()
     assert bool((err <= atol).all()), f"max abs error {float(err.max()):.3e}"
+
+
+def loader_state() -> list:
+    """What a pickle must never change: every object the EDM unpickler hands out, with its attributes and
+    defaults (compare two snapshots with ==)."""
+    from mimicfast.models.edm_pickle import _ALLOWED
+
+    state = []
+    for target in _ALLOWED.values():
+        state.append((target, dict(getattr(target, "__dict__", {}))))
+        state.append((getattr(target, "__defaults__", None), getattr(target, "__kwdefaults__", None)))
+    return state

@@ -22,7 +22,7 @@ from mimicfast.errors import CheckpointError
 from mimicfast.models import edm_pickle, load
 from mimicfast.models.loader import load_state_dict_file
 from mimicfast.models.safe_read import MAX_JSON_DEPTH, check_pickle
-from tests.models._edm_util import edm_pickle_bytes, tiny_edm
+from tests.models._edm_util import edm_pickle_bytes, loader_state, tiny_edm
 
 TINY_GD = {
     "family": "guided_diffusion",
@@ -265,20 +265,12 @@ def test_huge_length_field_reads_only_the_file(tmp_path):
 # --- L1: a pickle may not change the loader ---------------------------------------------------------------------
 
 
-def _loader_state() -> list:
-    state = []
-    for target in edm_pickle._ALLOWED.values():
-        state.append((target, dict(getattr(target, "__dict__", {}))))
-        state.append((getattr(target, "__defaults__", None), getattr(target, "__kwdefaults__", None)))
-    return state
-
-
 @pytest.mark.parametrize(
     "global_",
     [b"dnnlib.util\nEasyDict\n", b"_codecs\nencode\n", b"torch._utils\n_rebuild_tensor_v2\n", b"numpy\ndtype\n"],
 )
 def test_build_on_allow_listed_globals_is_refused(tmp_path, global_):
-    before = _loader_state()
+    before = loader_state()
     for state in (
         b"N}X\x0b\x00\x00\x00__getitem__cbuiltins\nslice\ns\x86",  # (None, {"__getitem__": slice}): setattr
         b"}X\x0c\x00\x00\x00__defaults__)s",  # {"__defaults__": ()}: __dict__ update
@@ -287,7 +279,7 @@ def test_build_on_allow_listed_globals_is_refused(tmp_path, global_):
         pkl.write_bytes(b"\x80\x02c" + global_ + state + b"b.")
         with pytest.raises(CheckpointError, match="refusing BUILD"):
             load(pkl)
-    assert _loader_state() == before
+    assert loader_state() == before
     assert edm_pickle._EasyDict(a=1)["a"] == 1
 
 
@@ -335,6 +327,19 @@ def test_unusable_weights_are_refused(tmp_path, tiny_gd, bad, fmt):
     with pytest.raises(CheckpointError, match=f"weight '{key}' .*{expected}") as err:
         load(path)
     _one_line(err)
+
+
+def test_state_dict_reader_keeps_integer_buffers_but_refuses_nan(tmp_path):
+    """A classifier's BatchNorm counters are int64; the network loaders alone require floating weights."""
+    path = tmp_path / "classifier.pt"
+    torch.save({"bn.num_batches_tracked": torch.tensor(5), "bn.weight": torch.ones(2)}, path)
+    assert int(load_state_dict_file(path)["bn.num_batches_tracked"]) == 5
+    torch.save({"bn.weight": torch.tensor([1.0, float("nan")])}, path)
+    with pytest.raises(CheckpointError, match="weight 'bn.weight' has 1 non-finite values"):
+        load_state_dict_file(path)
+    torch.save({"bn.weight": torch.ones(2).to_sparse()}, path)
+    with pytest.raises(CheckpointError, match="sparse_coo"):
+        load_state_dict_file(path)
 
 
 def test_nan_weights_make_convert_fail_and_write_nothing(tmp_path, tiny_gd, capsys):
