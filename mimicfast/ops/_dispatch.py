@@ -186,8 +186,8 @@ def register(op: Any, kernels: Mapping[str, Kernel]) -> None:
 
 
 def _routed(device_type: str, kernels: Mapping[str, Kernel]) -> Kernel:
-    def kernel(*args: Any) -> torch.Tensor:
-        return kernels[backend_for(device_type)](*args)
+    def kernel(*args: Any, **kwargs: Any) -> torch.Tensor:
+        return kernels[backend_for(device_type)](*args, **kwargs)
 
     return kernel
 

@@ -135,6 +135,7 @@ def l1_residual(
             raise InputError(
                 f"weight must be a floating tensor on {x0_hat.device}, got {weight.dtype} on {weight.device}"
             )
+        weight = weight.contiguous()  # the kernels index it as a dense vector
     if x0_hat.dtype != y.dtype:
         dtype = compute_dtype(x0_hat.dtype)
         x0_hat, y = x0_hat.to(dtype), y.to(dtype)

@@ -145,3 +145,12 @@ def test_opcheck(full_backend):
 def test_bad_input_names_the_problem(args, match):
     with pytest.raises(InputError, match=match):
         l1_residual(*args)
+
+
+def test_strided_weight(backend):
+    """A weight that is a strided view gives the same residual as its dense copy (the kernels read a dense [B])."""
+    name, device = backend
+    x0_hat, y, weight = _inputs((3, 1, 2, 3), torch.float32, device, seed=8)
+    strided = torch.stack([weight, -weight], dim=1)[:, 0]
+    assert not strided.is_contiguous()
+    assert torch.equal(l1_residual(x0_hat, y, "nearest", strided), l1_residual(x0_hat, y, "nearest", weight))
