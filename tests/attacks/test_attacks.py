@@ -225,3 +225,18 @@ def test_zero_budget_returns_the_clean_images(bare):
     classifier, x, y = bare
     for name in ("pgd", "apgd-ce"):
         torch.testing.assert_close(ATTACKS[name](classifier, x, y, eps=0.0, steps=2), x)
+
+
+def test_attacks_run_through_the_purifier(bare):
+    import mimicfast
+    from tests.helpers import TinyEpsNet
+
+    classifier, x, y = bare
+    unet = TinyEpsNet(channels=1, image_size=32)  # any diffusion model; a tiny one keeps the test fast
+    defended = torch.nn.Sequential(mimicfast.Purifier(unet, steps=1, seed=None, grad="bpda"), classifier)
+    x_adv = ATTACKS["pgd"](defended, x[:1], y[:1], eps=LINF_EPS, steps=1, seeds=[0])
+    _in_threat_model(x_adv, x[:1], LINF_EPS, "Linf")
+    assert not torch.equal(x_adv, x[:1])
+    undefended_grad = torch.nn.Sequential(mimicfast.Purifier(unet, steps=1, seed=None), classifier)
+    with pytest.raises(InputError, match="grad="):
+        ATTACKS["pgd"](undefended_grad, x[:1], y[:1], eps=LINF_EPS, steps=1)
