@@ -1,4 +1,4 @@
-"""AutoAttack's ``rand`` protocol for randomized defenses (Croce & Hein 2020, Sec. 5): APGD-CE, then APGD-DLR,
+"""AutoAttack's ``rand`` protocol for randomized defenses (Croce & Hein 2020): APGD-CE, then APGD-DLR,
 each with EOT over 20 calls of the model per iteration, keeping for each image the stronger result.
 
 Differences from the reference (github fra31/auto-attack, ``version="rand"``): APGD-DLR attacks every image,

@@ -57,7 +57,7 @@ _CANDIDATES = 3
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
-    """The checkpoints ``w_0 = 0 < w_1 < ...`` of APGD for ``steps`` iterations (Croce & Hein 2020, Sec. 3.2).
+    """The checkpoints ``w_0 = 0 < w_1 < ...`` of APGD for ``steps`` iterations (Croce & Hein 2020).
 
     ``w_j = ceil(p_j * steps)`` with ``p_0 = 0``, ``p_1 = 0.22`` and
     ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)`` while ``p_j <= 1``; duplicates (small ``steps``) dropped.

@@ -1,4 +1,4 @@
-"""Carlini-Wagner L2 (Carlini & Wagner 2017, "Towards evaluating the robustness of neural networks", Sec. V),
+"""Carlini-Wagner L2 (Carlini & Wagner 2017, "Towards evaluating the robustness of neural networks"),
 untargeted, with EOT averaging for stochastic models.
 
 Change of variables ``x' = (tanh(w) + 1) / 2`` (the box [0, 1] for free), then for a constant ``c`` per image

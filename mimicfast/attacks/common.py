@@ -147,7 +147,7 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Difference of Logits Ratio (Croce & Hein 2020, Eq. 6), per image ``[B]``.
+    """Difference of Logits Ratio (Croce & Hein 2020), per image ``[B]``.
 
     ``DLR(z, y) = -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12)`` with ``z_pi1 >= z_pi2 >= ...`` the
     sorted logits: invariant to shifting and rescaling the logits. Needs at least 3 classes.

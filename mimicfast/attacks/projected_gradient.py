@@ -65,7 +65,7 @@ def pgd(
         eot: calls of ``model`` averaged per step (EOT).
         seeds: seed of the random start: an int (every image) or one int per image.
         progress: show a tqdm bar over the steps.
-        step_size: ``alpha``; default ``2.5 * eps / steps`` (Madry et al.'s rule: enough to cross the ball).
+        step_size: ``alpha``; default ``2.5 * eps / steps`` (enough to cross the ball from any start).
         select_draws: fresh calls of ``model`` per candidate when choosing the returned iterate; default ``eot``.
 
     Returns:
