@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from mimicfast.attacks.autopgd import apgd_calls, apgd_with_success
-from mimicfast.attacks.common import Model, Seeds
+from mimicfast.attacks.common import Model, Seeds, rows_like
 
 
 def aa_rand(
@@ -54,8 +54,7 @@ def aa_rand(
                   select_draws=select_draws)  # fmt: skip
     x_ce, success_ce = apgd_with_success(model, x, y, loss="ce", **common)
     x_dlr, success_dlr = apgd_with_success(model, x, y, loss="dlr", **common)
-    dlr_better = (success_dlr > success_ce).view(-1, *([1] * (x.dim() - 1)))
-    return torch.where(dlr_better, x_dlr, x_ce)
+    return torch.where(rows_like(success_dlr > success_ce, x), x_dlr, x_ce)
 
 
 def aa_rand_calls(

@@ -49,6 +49,7 @@ from mimicfast.attacks.common import (
     image_seeds,
     project,
     random_start,
+    rows_like,
     select_final,
 )
 from mimicfast.errors import InputError
@@ -95,9 +96,6 @@ def _apgd_run(
     checkpoints = set(apgd_checkpoints(steps)[1:])
     eta = torch.full((b,), 2.0 * eps, device=x.device, dtype=x.dtype)
 
-    def rows(v: torch.Tensor) -> torch.Tensor:
-        return v.view(-1, *([1] * (x.dim() - 1)))
-
     grad, f, success = eot_gradient(model, x0, y, loss_fn, eot)
     best = BestIterates(x0)
     best.update(x0, f, success)
@@ -109,7 +107,7 @@ def _apgd_run(
     f_max_at_last = f_max
     halved_at_last = torch.zeros(b, dtype=torch.bool, device=x.device)
     for k in range(steps):
-        z = project(x_cur + rows(eta) * ascent_direction(grad_cur, norm), x, eps, norm)
+        z = project(x_cur + rows_like(eta, x) * ascent_direction(grad_cur, norm), x, eps, norm)
         if k == 0:
             x_next = z
         else:
@@ -118,8 +116,8 @@ def _apgd_run(
         best.update(x_next, f, success)
         increases += (f > f_cur).float()
         higher = f > f_max
-        x_max = torch.where(rows(higher), x_next, x_max)
-        grad_max = torch.where(rows(higher), grad, grad_max)
+        x_max = torch.where(rows_like(higher, x), x_next, x_max)
+        grad_max = torch.where(rows_like(higher, x), grad, grad_max)
         f_max = torch.where(higher, f, f_max)
         x_prev, x_cur, f_cur, grad_cur = x_cur, x_next, f, grad
         w = k + 1
@@ -128,9 +126,9 @@ def _apgd_run(
             no_progress = ~halved_at_last & (f_max <= f_max_at_last)
             halve = stalled | no_progress
             eta = torch.where(halve, eta / 2, eta)
-            x_cur = torch.where(rows(halve), x_max, x_cur)
+            x_cur = torch.where(rows_like(halve, x), x_max, x_cur)
             f_cur = torch.where(halve, f_max, f_cur)
-            grad_cur = torch.where(rows(halve), grad_max, grad_cur)
+            grad_cur = torch.where(rows_like(halve, x), grad_max, grad_cur)
             halved_at_last, f_max_at_last = halve, f_max
             increases = torch.zeros_like(increases)
             last_checkpoint = w
@@ -222,7 +220,7 @@ def apgd_with_success(
                 best, best_success = x_r, success_r
                 continue
             better = success_r > best_success
-            best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x_r, best)
+            best = torch.where(rows_like(better, x), x_r, best)
             best_success = torch.where(better, success_r, best_success)
     return best, best_success
 

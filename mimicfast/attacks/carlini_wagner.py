@@ -41,6 +41,7 @@ from mimicfast.attacks.common import (
     lp_norm,
     margin,
     project,
+    rows_like,
     select_final,
 )
 from mimicfast.errors import InputError
@@ -98,9 +99,6 @@ def cw(
     x = x.detach()
     b = x.shape[0]
 
-    def rows(v: torch.Tensor) -> torch.Tensor:
-        return v.view(-1, *([1] * (x.dim() - 1)))
-
     def hinge(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return margin(logits, labels).clamp_min(-kappa)
 
@@ -130,14 +128,14 @@ def cw(
             dist = lp_norm(x_t - x, norm)
             inside = dist <= eps
             better = inside & ((success > counted_success) | ((success == counted_success) & (dist < counted_dist)))
-            counted = torch.where(rows(better), x_t, counted)
+            counted = torch.where(rows_like(better, x), x_t, counted)
             counted_success = torch.where(better, success, counted_success)
             counted_dist = torch.where(better, dist, counted_dist)
             lower_f = f < strongest_f
-            strongest = torch.where(rows(lower_f), x_t, strongest)
+            strongest = torch.where(rows_like(lower_f, x), x_t, strongest)
             strongest_f = torch.where(lower_f, f, strongest_f)
             # d/dx' of ||x' - x||^2 + c f, then through x' = (tanh(w) + 1) / 2.
-            grad_w = (2 * (x_t - x) + rows(c) * grad_f) * (1 - torch.tanh(w) ** 2) / 2
+            grad_w = (2 * (x_t - x) + rows_like(c, x) * grad_f) * (1 - torch.tanh(w) ** 2) / 2
             m = 0.9 * m + 0.1 * grad_w
             v = 0.999 * v + 0.001 * grad_w**2
             w = w - lr * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)

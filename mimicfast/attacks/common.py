@@ -91,12 +91,12 @@ def lp_norm(d: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.abs().amax(1) if norm == "Linf" else flat.norm(dim=1)
 
 
-def _rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``v [B]`` shaped to broadcast over ``like [B, ...]``."""
+def rows_like(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-image ``v [B]`` shaped to broadcast over ``like [B, ...]``."""
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor, norm: str) -> torch.Tensor:
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     """Map ``x_adv`` into the ``norm``-ball of radius ``eps`` around ``x``, then clip to [0, 1].
 
     Linf: clip each pixel to ``[x - eps, x + eps]`` (the exact projection onto the intersection with the box).
@@ -109,7 +109,7 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor, nor
         d = d.clamp(-eps, eps)
     else:
         scale = (eps / lp_norm(d, "L2").clamp_min(1e-12)).clamp(max=1.0)
-        d = d * _rows(scale, d)
+        d = d * rows_like(scale, d)
     return (x + d).clamp(0, 1)
 
 
@@ -117,7 +117,7 @@ def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     """Steepest ascent direction of unit ``norm``: ``sign(g)`` (Linf) or ``g / ||g||_2`` (L2); 0 where g = 0."""
     if norm == "Linf":
         return grad.sign()
-    return grad / _rows(lp_norm(grad, "L2").clamp_min(1e-12), grad)
+    return grad / rows_like(lp_norm(grad, "L2").clamp_min(1e-12), grad)
 
 
 def random_start(x: torch.Tensor, eps: float, norm: str, seeds: list[int], stream: tuple[int, ...]) -> torch.Tensor:
@@ -130,7 +130,7 @@ def random_start(x: torch.Tensor, eps: float, norm: str, seeds: list[int], strea
         delta = eps * (2 * per_image_draw(x, seeds, stream, "uniform") - 1)
     else:
         t = per_image_draw(x, seeds, stream, "normal")
-        delta = eps * t / _rows(lp_norm(t, "L2").clamp_min(1e-12), t)
+        delta = eps * t / rows_like(lp_norm(t, "L2").clamp_min(1e-12), t)
     return (x + delta).clamp(0, 1)
 
 
@@ -225,11 +225,11 @@ class BestIterates:
 
     def update(self, x_k: torch.Tensor, loss: torch.Tensor, success: torch.Tensor) -> None:
         better = (success > self.success) | ((success == self.success) & (loss > self.loss_of_success))
-        self.by_success = torch.where(_rows(better, x_k), x_k, self.by_success)
+        self.by_success = torch.where(rows_like(better, x_k), x_k, self.by_success)
         self.success = torch.where(better, success, self.success)
         self.loss_of_success = torch.where(better, loss, self.loss_of_success)
         higher = loss > self.loss
-        self.by_loss = torch.where(_rows(higher, x_k), x_k, self.by_loss)
+        self.by_loss = torch.where(rows_like(higher, x_k), x_k, self.by_loss)
         self.loss = torch.where(higher, loss, self.loss)
 
 
@@ -259,7 +259,7 @@ def select_final(
             best, best_success, best_loss = cand, success, loss
             continue
         better = (success > best_success) | ((success == best_success) & (loss > best_loss))
-        best = torch.where(_rows(better, cand), cand, best)
+        best = torch.where(rows_like(better, cand), cand, best)
         best_success = torch.where(better, success, best_success)
         best_loss = torch.where(better, loss, best_loss)
     return best, best_success
