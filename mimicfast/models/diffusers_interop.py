@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mimicfast.errors import CheckpointError, InputError
-from mimicfast.models.safe_read import read_json
+from mimicfast.models.safe_read import one_line, read_json
 from mimicfast.schedules import alphas_cumprod, linear_betas
 
 __all__ = ["DiffusersUNetDenoiser", "load_diffusers"]
@@ -147,6 +147,6 @@ def load_diffusers(path: str | PathLike[str]) -> DiffusersUNetDenoiser:
         unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, local_files_only=True)
         scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(sched_dir, local_files_only=True))
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise CheckpointError(f"{root}: cannot load the diffusers model: {str(e).splitlines()[0][:200]}") from None
+        raise CheckpointError(f"{root}: cannot load the diffusers model: {one_line(e)}") from None
     return DiffusersUNetDenoiser(unet, scheduler.betas, scheduler.config.prediction_type,
                                  scheduler.config.variance_type)

@@ -34,7 +34,7 @@ from torch import nn
 
 from mimicfast.errors import CheckpointError
 from mimicfast.models.edm_precond import PRECOND_CLASSES
-from mimicfast.models.safe_read import check_pickle, check_torch_legacy
+from mimicfast.models.safe_read import check_pickle, check_torch_legacy, one_line
 
 __all__ = [
     "PICKLE_SUFFIXES",
@@ -119,7 +119,7 @@ def _rebuild_tensor_v2(
     try:
         return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, collections.OrderedDict())
     except (RuntimeError, TypeError, ValueError) as e:
-        raise CheckpointError(f"invalid pickled tensor (size {size}, stride {stride}, offset {offset}): {e}") from None
+        raise CheckpointError(f"invalid pickled tensor (size {size}, stride {stride}, offset {offset}): {one_line(e)}") from None
 
 
 def _rebuild_tensor(storage: Any, offset: int, size: tuple, stride: tuple) -> torch.Tensor:
@@ -142,7 +142,7 @@ def _load_storage_from_bytes(data: Any) -> Any:
     try:
         storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any failure of the nested (weights-only) load means a bad file
-        raise CheckpointError(f"unreadable tensor storage inside the pickle: {str(e).splitlines()[0][:200]}") from None
+        raise CheckpointError(f"unreadable tensor storage inside the pickle: {one_line(e)}") from None
     if not isinstance(storage, torch.storage.TypedStorage | torch.UntypedStorage):
         raise CheckpointError(f"storage payload holds a {type(storage).__name__}, not a storage")
     return storage
@@ -257,7 +257,7 @@ def read_edm_pickle(file: BinaryIO) -> Any:
         MemoryError,
         UnicodeDecodeError,
     ) as e:
-        raise CheckpointError(f"truncated or corrupt pickle: {type(e).__name__}: {str(e)[:200]}") from None
+        raise CheckpointError(f"truncated or corrupt pickle: {type(e).__name__}: {one_line(e)}") from None
 
 
 

@@ -28,6 +28,7 @@ What every load guarantees, whatever the file holds:
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import pickle
@@ -35,7 +36,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -63,6 +64,7 @@ from mimicfast.models.safe_read import (
     BoundedReader,
     check_pickle,
     check_torch_legacy,
+    one_line,
     open_regular,
     read_json,
 )
@@ -83,6 +85,8 @@ __all__ = [
     "state_dict_mismatch",
 ]
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 _GD_MARKER = "input_blocks.0.0.weight"  # first conv of every guided-diffusion UNetModel
 _EDM_MARKER = "model.map_layer0.weight"  # mapping network of every EDM SongUNet/DhariwalUNet
 # Container keys unwrapped by load_state_dict_file, in order of preference: EMA weights are the ones to sample
@@ -94,11 +98,32 @@ _MAX_TORCH_PICKLE_BYTES = 256 * 2**20  # data.pkl of torch's zip format: structu
 _WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+_MAX_MESSAGE = 2000  # mismatch reports list a few keys of each kind; quoted file content is cut
+
+
+def _one_line_errors(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Public entry points raise CheckpointErrors of one line: names and values quoted from a hostile file may
+    hold line breaks or be long."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except CheckpointError as e:
+            text = str(e)
+            if "\n" in text or "\r" in text or len(text) > _MAX_MESSAGE:
+                raise CheckpointError(one_line(text, _MAX_MESSAGE)) from None
+            raise
+
+    return wrapper
+
+
 def sidecar_config_path(checkpoint: str | PathLike[str]) -> Path:
     """``<stem>.json`` beside a checkpoint: where :func:`load` looks for its config."""
     return Path(checkpoint).with_suffix(".json")
 
 
+@_one_line_errors
 def load(path: str | PathLike[str], config: str | Mapping[str, Any] | PathLike[str] | None = None) -> nn.Module:
     """Load any supported checkpoint (see the module docstring) into a ready mimicfast network.
 
@@ -142,6 +167,7 @@ def load(path: str | PathLike[str], config: str | Mapping[str, Any] | PathLike[s
     return _load_edm_state_dict(path, cfg)
 
 
+@_one_line_errors
 def resolve_config(path: str | PathLike[str], config: Any) -> dict[str, Any] | None:
     """Turn ``config`` (or, when None, the sidecar ``<stem>.json`` of checkpoint ``path``) into a validated config
     dict (:func:`~mimicfast.models.configs.validate_config`); None means auto-detect from the file.
@@ -175,6 +201,7 @@ def resolve_config(path: str | PathLike[str], config: Any) -> dict[str, Any] | N
         raise CheckpointError(f"{source}: {e}") from None
 
 
+@_one_line_errors
 def load_state_dict_file(path: str | PathLike[str]) -> dict[str, Tensor]:
     """Read a ``name -> Tensor`` mapping from a ``.pt/.pth/.bin/.ckpt`` or ``.safetensors`` file, on the CPU.
 
@@ -215,7 +242,7 @@ def _load_safetensors(f: BoundedReader) -> dict[str, Tensor]:
         return load_file(f.fd_path, device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(
-            f"{f.path}: not a valid safetensors file (truncated or corrupt?): {str(e).splitlines()[0][:200]}"
+            f"{f.path}: not a valid safetensors file (truncated or corrupt?): {one_line(e)}"
         ) from None
 
 
@@ -249,7 +276,7 @@ def _load_torch(f: BoundedReader) -> Any:
             f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {_reason(msg)}"
         ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError, TypeError, IndexError, AttributeError) as e:
-        reason = _reason(str(e)) if isinstance(e, RuntimeError) else f"{type(e).__name__} {str(e)[:200]}".strip()
+        reason = _reason(str(e)) if isinstance(e, RuntimeError) else f"{type(e).__name__}: {one_line(e)}"
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {reason}") from None
 
 
@@ -271,7 +298,7 @@ def _check_torch_zip(f: BoundedReader) -> None:
             data = member.read(_MAX_TORCH_PICKLE_BYTES + 1)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
         raise CheckpointError(
-            f"not a readable PyTorch checkpoint (truncated or corrupt?): data.pkl: {str(e)[:200]}"
+            f"not a readable PyTorch checkpoint (truncated or corrupt?): data.pkl: {one_line(e)}"
         ) from None
     if len(data) > _MAX_TORCH_PICKLE_BYTES:  # read bounded: the zip header's size may lie
         raise CheckpointError(f"data.pkl larger than {_MAX_TORCH_PICKLE_BYTES} bytes")
@@ -379,7 +406,7 @@ def _build_on_meta(build: Callable[[], nn.Module], what: str) -> nn.Module:
         with torch.device("meta"):
             return build()
     except (TypeError, ValueError, RuntimeError, ZeroDivisionError, OverflowError) as e:
-        raise CheckpointError(f"invalid {what} config: {str(e).splitlines()[0][:200]}") from None
+        raise CheckpointError(f"invalid {what} config: {one_line(e)}") from None
 
 
 def _gd_on_meta(kwargs: dict[str, Any], name: str) -> GuidedDiffusionUNet:
@@ -391,6 +418,7 @@ def matching_gd_configs(sd: Mapping[str, Tensor]) -> list[str]:
     return [name for name, kw in GD_CONFIGS.items() if state_dict_mismatch(_gd_on_meta(kw, name), sd) is None]
 
 
+@_one_line_errors
 def load_guided_diffusion(
     path: str | PathLike[str],
     config: str | Mapping[str, Any],
@@ -486,6 +514,7 @@ def _load_edm_state_dict(path: Path, cfg: dict[str, Any]) -> nn.Module:
     return _finish(net, cfg)
 
 
+@_one_line_errors
 def load_edm_pickle(path: str | PathLike[str], key: str = "ema") -> nn.Module:
     """Load the network of an EDM ``.pkl`` (e.g. ``edm-cifar10-32x32-uncond-vp.pkl``) without running its code.
 

@@ -42,6 +42,7 @@ __all__ = [
     "BoundedReader",
     "check_pickle",
     "check_torch_legacy",
+    "one_line",
     "open_regular",
     "read_json",
 ]
@@ -55,6 +56,13 @@ MAX_JSON_DEPTH = 32
 MAX_PICKLE_OPS = 2_000_000
 MAX_PICKLE_DEPTH = 200
 MAX_PICKLE_NODES = 2_000_000
+
+
+def one_line(error: BaseException | str, limit: int = 200) -> str:
+    """A foreign error message (torch, numpy, zipfile, ...) as one line of at most ``limit`` characters, for
+    embedding in a CheckpointError."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class BoundedReader(io.RawIOBase):
@@ -186,7 +194,7 @@ def read_json(path: str | PathLike[str]) -> Any:
     try:
         return json.loads(text)
     except ValueError as e:  # JSONDecodeError, and int() of an over-long number
-        raise CheckpointError(f"config {path}: not a readable JSON file ({str(e).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"config {path}: not a readable JSON file ({one_line(e)})") from None
 
 
 class _Node:
@@ -314,7 +322,7 @@ def check_pickle(stream: BinaryIO, what: str) -> None:
     except CheckpointError:
         raise
     except (ValueError, IndexError, KeyError, EOFError, OverflowError, MemoryError) as e:
-        raise CheckpointError(f"{what}truncated or corrupt pickle: {type(e).__name__}: {str(e)[:200]}") from None
+        raise CheckpointError(f"{what}truncated or corrupt pickle: {type(e).__name__}: {one_line(e)}") from None
 
 
 def check_torch_legacy(stream: BinaryIO, what: str) -> None:
