@@ -8,7 +8,7 @@ chosen for its device type, once, on its first call: by default ``triton``, then
 when this module is imported) or :func:`set_backend` forces one. The choice is looked up when a kernel runs,
 so it also holds inside ``torch.compile``d code, where the ops are opaque, and in CUDA graphs captured after it.
 Inputs are validated once, by the public op (:func:`check_tensor`); the backends trust them. Probing never
-initialises CUDA and never imports Triton before a CUDA kernel runs on it.
+initialises CUDA; only :func:`backends`, a forced ``triton`` or the first CUDA call imports Triton.
 """
 
 from __future__ import annotations
