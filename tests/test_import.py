@@ -56,3 +56,11 @@ def test_import_without_extension_or_triton_falls_back_to_reference():
         assert bicubic_up4(x).shape == (2, 3, 20, 28)
         """
     )
+
+
+def test_every_source_folder_is_a_package():
+    """Wheels ship only folders with an ``__init__.py`` (setup.py's find_packages): one without it would be missing
+    from ``pip install .`` (``mimicfast --help`` failed that way for mimicfast/train)."""
+    folders = {path.parent for path in (REPO / "mimicfast").rglob("*.py")}
+    missing = sorted(str(f.relative_to(REPO)) for f in folders if not (f / "__init__.py").is_file())
+    assert not missing, missing
