@@ -52,11 +52,13 @@ def _in_threat_model(x_adv, x, eps, norm):
     assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
 
 
-@pytest.mark.parametrize("name", sorted(ATTACKS))
-@pytest.mark.parametrize("norm", ["Linf", "L2"])
+# C&W minimises the L2 distortion, so it is held to ~0% in the L2 threat model only (under Linf 0.1 its
+# smallest-L2 examples often exceed the Linf budget).
+BREAK_CASES = [(name, norm) for name in sorted(ATTACKS) for norm in ("Linf", "L2") if (name, norm) != ("cw", "Linf")]
+
+
+@pytest.mark.parametrize(("name", "norm"), BREAK_CASES)
 def test_every_attack_breaks_the_bare_classifier(bare, name, norm):
-    if name == "cw" and norm == "Linf":
-        pytest.skip("C&W minimises the L2 distortion; it is evaluated in its own threat model")
     classifier, x, y = bare
     eps = LINF_EPS if norm == "Linf" else L2_EPS
     assert _accuracy(classifier, x, y) == 1.0
