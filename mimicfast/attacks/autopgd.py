@@ -22,6 +22,8 @@ Differences from the reference implementation (github fra31/auto-attack, ``autop
   intervals of ``int(0.22 N)``, shrinking by ``int(0.03 N)`` down to ``int(0.06 N)``;
 * Condition 1 uses the paper's strict ``<`` (the reference ``<=``), and Condition 2 can fire at the first
   checkpoint (the reference starts as if it had halved at ``w_0``);
+* like the reference, the conditions are checked as soon as ``x(w_j)`` is known and a reset replaces ``x(w_j)``
+  (Algorithm 1 as printed checks at ``k = w_j`` and replaces ``x(w_j + 1)``, one iteration later);
 * ``f``, ``x_max`` and the success of an iterate are EOT means over all ``eot`` calls (the reference uses the last
   call's loss and prediction);
 * every image is attacked to the last step and every restart runs on every image (the reference only re-attacks
