@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mimicfast.attacks import ATTACKS, apgd_checkpoints, dlr_loss, model_calls
-from mimicfast.attacks.common import project, select_final
+from mimicfast.attacks.common import ce_loss, eot_gradient, project, select_final
 from mimicfast.default import load_default_classifier, load_test_slice
 from mimicfast.errors import InputError
 
@@ -157,6 +157,28 @@ def test_model_is_called_a_fixed_number_of_times_on_the_whole_batch(name):
     eot = SMALL[name].get("eot", 1)
     if name == "pgd":
         assert len(model.rows) == 3 * eot + 3 * eot  # steps x eot gradients + 3 candidates x eot fresh draws
+
+
+def test_eot_gradient_is_the_mean_over_its_calls():
+    gen = torch.Generator().manual_seed(2)
+    weights = [torch.randn(3, 4, generator=gen) for _ in range(4)]  # call c uses weights[c]: a "random" model
+    x = torch.rand(5, 1, 2, 2, generator=gen)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    calls = iter(weights)
+
+    def model(images):
+        return images.flatten(1) @ next(calls).T
+
+    grad, loss, success = eot_gradient(model, x, y, ce_loss, eot=4)
+    per_call = []
+    for w in weights:
+        xi = x.clone().requires_grad_(True)
+        logits = xi.flatten(1) @ w.T
+        (g,) = torch.autograd.grad(ce_loss(logits, y).sum(), xi)
+        per_call.append((g, ce_loss(logits, y).detach(), (logits.argmax(1) != y).float()))
+    torch.testing.assert_close(grad, sum(p[0] for p in per_call) / 4)
+    torch.testing.assert_close(loss, sum(p[1] for p in per_call) / 4)
+    torch.testing.assert_close(success, sum(p[2] for p in per_call) / 4)
 
 
 def _lucky_model(p_of_v):
