@@ -98,27 +98,23 @@ def _argv(args: argparse.Namespace) -> list[str]:
 def grid_rows(args: argparse.Namespace) -> list[tuple[str, object, list[bool]]]:
     """``(label, images [k, 1, H, W], right/wrong per image)`` for the first images of the demo's evaluation.
 
-    Adversarial rows are marked by the bare classifier's answer on them; purified rows show the defense's own
-    draw (draw 0, the same seeds and batches as the table) and are marked by the classifier's answer on that
-    purified image, read from the evaluation's rows.
+    Every image is marked by the classifier's answer on it: adversarial rows show what the bare classifier sees;
+    purified rows show the defense's own draw (draw 0: the seeds and batches the table scored, so the marks are
+    the table's rows).
     """
     import torch
 
     from mimicfast.api import Purifier
     from mimicfast.default import load_default_unet, load_test_slice
     from mimicfast.evaluate.seeds import image_seeds
-    from mimicfast.evaluate.store import adv_path, load_adv, read_rows, read_settings
+    from mimicfast.evaluate.store import adv_path, load_adv, read_settings
     from mimicfast.presets import Preset
 
     out = args.out / "eval"
     settings = read_settings(out)
     batch = settings["fixed"]["batch_size"]
     k = min(_COLS, args.n)
-    x, _ = load_test_slice(k)
-    rows = read_rows(out)
-
-    def marks(defense: str, attack: str) -> list[bool]:
-        return [rows[defense, attack, i, 0]["pred"] == rows[defense, attack, i, 0]["label"] for i in range(k)]
+    x, labels = load_test_slice(k)
 
     def adversarial(defense: str, attack: str) -> torch.Tensor:
         parts = []
@@ -129,10 +125,8 @@ def grid_rows(args: argparse.Namespace) -> list[tuple[str, object, list[bool]]]:
 
     net = load_default_unet()
     transfer = adversarial("none", "transfer")
-    bare_pred = _bare_predictions(transfer)
-    labels = torch.tensor([rows["none", "clean", i, 0]["label"] for i in range(k)])
-    out_rows = [("clean image", x, marks("none", "clean")),
-                ("PGD on the bare classifier (transfer)", transfer, (bare_pred == labels).tolist())]
+    out_rows = [("clean image", x, _right(x, labels)),
+                ("PGD on the bare classifier (transfer)", transfer, _right(transfer, labels))]
     for defense in settings["defenses"]:
         if defense == "none":
             continue
@@ -144,23 +138,24 @@ def grid_rows(args: argparse.Namespace) -> list[tuple[str, object, list[bool]]]:
             return torch.cat([purifier(images[s : s + batch], seed=image_seeds(
                 args.seed, range(s, min(s + batch, k)), "defense", 0)) for s in range(0, k, batch)])
 
+        shown = {"clean": purify(x), "transfer": purify(transfer), "adaptive": purify(adaptive)}
         out_rows += [
-            (f"{defense}: purified clean", purify(x), marks(defense, "clean")),
-            (f"{defense}: purified transfer", purify(transfer), marks(defense, "transfer")),
-            (f"{defense}: PGD-EOT through it (BPDA)", adaptive,
-             (_bare_predictions(adaptive) == labels).tolist()),
-            (f"{defense}: purified PGD-EOT", purify(adaptive), marks(defense, "pgd (bpda)")),
+            (f"{defense}: purified clean", shown["clean"], _right(shown["clean"], labels)),
+            (f"{defense}: purified transfer", shown["transfer"], _right(shown["transfer"], labels)),
+            (f"{defense}: PGD-EOT through it (BPDA)", adaptive, _right(adaptive, labels)),
+            (f"{defense}: purified PGD-EOT", shown["adaptive"], _right(shown["adaptive"], labels)),
         ]
     return out_rows
 
 
-def _bare_predictions(images):
+def _right(images, labels) -> list[bool]:
+    """Whether the bundled classifier gets each of ``images`` right."""
     import torch
 
     from mimicfast.default import load_default_classifier
 
     with torch.no_grad():
-        return load_default_classifier()(images).argmax(1)
+        return (load_default_classifier()(images).argmax(1) == labels).tolist()
 
 
 def save_grid(args: argparse.Namespace, path: Path) -> None:

@@ -6,7 +6,9 @@ import json
 
 from PIL import Image
 
-from mimicfast.cli import main
+from mimicfast.cli import build_parser, main
+from mimicfast.demo import grid_rows
+from mimicfast.evaluate.store import read_rows
 
 ARGV = ["demo", "--n", "2", "--steps", "2", "--attack-steps", "1", "--draws", "2", "--seed", "3", "--threads", "1"]
 
@@ -27,6 +29,14 @@ def test_demo_end_to_end_and_reproducible(tmp_path, capsys):
     record = json.loads((tmp_path / "a" / "demo.json").read_text())
     assert record["summary"]["settings"]["fixed"]["seed"] == 3 and record["machine"]["threads"] == 1
     assert {r["n"] for r in record["summary"]["rows"]} == {2}
+    # The grid's purified images are the ones the table scored: their marks are the rows' draw 0.
+    rows = read_rows(tmp_path / "a" / "eval")
+    args = build_parser().parse_args([*ARGV, "--out", str(tmp_path / "a")])
+    by_label = {label: right for label, _, right in grid_rows(args)}
+    for defense in ("paper", "released"):
+        for label, attack in (("purified clean", "clean"), ("purified PGD-EOT", "pgd (bpda)")):
+            table = [rows[defense, attack, i, 0]["pred"] == rows[defense, attack, i, 0]["label"] for i in range(2)]
+            assert by_label[f"{defense}: {label}"] == table
     grid = Image.open(tmp_path / "a" / "demo.png")
     # rows: clean, transfer, then per preset: purified clean, purified transfer, PGD-EOT, purified PGD-EOT
     assert grid.height == 34 + 10 * (32 * 2 + 6)
