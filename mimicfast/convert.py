@@ -78,8 +78,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``mimicfast convert``."""
     p = subparsers.add_parser("convert", help="convert a checkpoint to safetensors + JSON config",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", type=Path, help="checkpoint: EDM .pkl, .pt/.pth/.bin/.ckpt, .safetensors")
-    p.add_argument("dst", type=Path, help="output stem: writes DST.safetensors and DST.json")
+    p.add_argument("src", type=Path, metavar="SRC", help="checkpoint: EDM .pkl, .pt/.pth/.bin/.ckpt, .safetensors")
+    p.add_argument("dst", type=Path, metavar="DST", help="output stem: writes DST.safetensors and DST.json")
     p.add_argument("--config", default=None,
                    help="config of SRC: a guided-diffusion config name or a .json file (default: auto-detect)")
     p.set_defaults(func=_run)
