@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from mimicfast.attacks import pgd_linf
+from mimicfast.attacks import pgd
 from mimicfast.default import load_default, load_test_slice
 from mimicfast.fast import purify_batch_fast
 from mimicfast.presets import get_preset
@@ -35,7 +35,7 @@ def main() -> None:
     model, classifier = load_default(args.device)
     x, labels = load_test_slice(args.n)
     x, labels = x.to(args.device), labels.to(args.device)
-    x_adv = pgd_linf(classifier, x, labels, eps=0.1, steps=20)
+    x_adv = pgd(classifier, x, labels, eps=0.1, steps=20)
     denoiser = as_denoiser(model).to(args.device)
     preset = get_preset("paper").replace(steps=args.steps)
     seeds = list(range(args.n))

@@ -509,7 +509,7 @@ def test_bf16_accuracy_of_the_bundled_model_within_noise_of_fp32() -> None:
     3 * sqrt(2 p (1 - p) / N) + 1/N (three standard errors of the difference of two independent
     binomial estimates at the fp32 accuracy p; with shared seeds the real spread is smaller).
     """
-    from mimicfast.attacks import pgd_linf
+    from mimicfast.attacks import pgd
     from mimicfast.default import UNET_PATH, load_default, load_test_slice
 
     if not UNET_PATH.exists():
@@ -518,7 +518,7 @@ def test_bf16_accuracy_of_the_bundled_model_within_noise_of_fp32() -> None:
     model, classifier = load_default("cuda")
     x, labels = load_test_slice(n)
     x, labels = x.cuda(), labels.cuda()
-    x_adv = pgd_linf(classifier, x, labels, eps=0.1, steps=20)
+    x_adv = pgd(classifier, x, labels, eps=0.1, steps=20)
     denoiser = as_denoiser(model).to("cuda")
     preset = get_preset("paper").replace(steps=100)
     seeds = list(range(n))
