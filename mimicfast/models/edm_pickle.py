@@ -246,19 +246,8 @@ def read_edm_pickle(file: BinaryIO) -> Any:
         return RestrictedUnpickler(file).load()
     except CheckpointError:
         raise
-    except (
-        pickle.UnpicklingError,
-        EOFError,
-        ValueError,
-        TypeError,
-        AttributeError,
-        IndexError,
-        KeyError,
-        MemoryError,
-        UnicodeDecodeError,
-    ) as e:
+    except Exception as e:  # noqa: BLE001 -- the C unpickler on hostile data: UnpicklingError, EOFError, ...
         raise CheckpointError(f"truncated or corrupt pickle: {type(e).__name__}: {one_line(e)}") from None
-
 
 
 # Hyper-parameters whose persisted values must equal the rebuilt module's (catches a pickle whose state does

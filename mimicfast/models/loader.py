@@ -152,7 +152,9 @@ def load(path: str | PathLike[str], config: str | Mapping[str, Any] | PathLike[s
     if path.is_dir():
         from mimicfast.models.diffusers_interop import load_diffusers
 
-        return load_diffusers(path)
+        model = load_diffusers(path)
+        check_weights(model.state_dict(), str(path), floating_only=False)
+        return model
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if config is not None:
             raise InputError(f"{path}: an EDM .pkl records its own configuration; do not pass a config")
@@ -235,12 +237,11 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
 
 
 def _load_safetensors(f: BoundedReader) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         return load_file(f.fd_path, device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 -- any failure of the reader (SafetensorError, ...) means a bad file
         raise CheckpointError(
             f"{f.path}: not a valid safetensors file (truncated or corrupt?): {one_line(e)}"
         ) from None
@@ -275,7 +276,7 @@ def _load_torch(f: BoundedReader) -> Any:
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {_reason(msg)}"
         ) from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError, TypeError, IndexError, AttributeError) as e:
+    except Exception as e:  # noqa: BLE001 -- torch's reader of a hostile file may fail in any way (AssertionError...)
         reason = _reason(str(e)) if isinstance(e, RuntimeError) else f"{type(e).__name__}: {one_line(e)}"
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {reason}") from None
 
@@ -349,7 +350,8 @@ def _short(value: Any) -> str:
 
 def check_weights(tensors: Mapping[str, Tensor], source: str, *, floating_only: bool = True) -> None:
     """Refuse weights a network cannot use: every tensor must be a plain dense (strided) CPU tensor of a
-    floating dtype (float16/bfloat16/float32/float64; with ``floating_only=False`` also integer or bool) with only
+    floating dtype (float16/bfloat16/float32/float64; with ``floating_only=False`` also integer or bool), own at
+    least as many bytes of storage as it has elements (no zero-stride views inflating a tiny file), and hold only
     finite values.
 
     NaN/Inf weights would make every purified image NaN (black PNGs, exit 0); sparse, meta, quantized or
@@ -370,6 +372,9 @@ def check_weights(tensors: Mapping[str, Tensor], source: str, *, floating_only: 
             problem = f"is on {t.device}, not the CPU"
         elif t.dtype not in _WEIGHT_DTYPES and (floating_only or t.is_complex() or t.is_quantized):
             problem = f"has dtype {str(t.dtype).removeprefix('torch.')}; weights must be floating point"
+        elif t.numel() * t.element_size() > t.untyped_storage().nbytes() - t.storage_offset() * t.element_size():
+            # A few bytes of storage viewed with zero strides as billions of elements: refused before any pass.
+            problem = f"views {t.numel()} elements over {t.untyped_storage().nbytes()} bytes of storage (overlapping)"
         elif t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             problem = f"has {bad} non-finite values (NaN or Inf)"
@@ -377,15 +382,16 @@ def check_weights(tensors: Mapping[str, Tensor], source: str, *, floating_only: 
             raise CheckpointError(f"{source}: weight {_short(key)} {problem}")
 
 
-def state_dict_mismatch(model: nn.Module, sd: Mapping[str, Tensor]) -> str | None:
-    """Describe how ``sd`` differs from the model's keys/shapes, or None if it loads strictly."""
-    expected = model.state_dict()
+def state_dict_mismatch(model: nn.Module | Mapping[str, torch.Size], sd: Mapping[str, Tensor]) -> str | None:
+    """Describe how ``sd`` differs from the model's keys/shapes (or a ``key -> shape`` mapping), or None if it
+    loads strictly."""
+    expected = {k: v.shape for k, v in model.state_dict().items()} if isinstance(model, nn.Module) else model
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     shaped = [
-        f"{k}: file {list(sd[k].shape)} vs model {list(v.shape)}"
-        for k, v in expected.items()
-        if k in sd and sd[k].shape != v.shape
+        f"{k}: file {list(sd[k].shape)} vs model {list(shape)}"
+        for k, shape in expected.items()
+        if k in sd and sd[k].shape != shape
     ]
     parts = [
         f"{len(items)} {label} ({', '.join(items[:_SHOW])}{', ...' if len(items) > _SHOW else ''})"
@@ -413,9 +419,15 @@ def _gd_on_meta(kwargs: dict[str, Any], name: str) -> GuidedDiffusionUNet:
     return _build_on_meta(lambda: guided_diffusion_unet(**kwargs), f"guided-diffusion {name!r}")
 
 
+@functools.cache
+def _named_gd_shapes(name: str) -> dict[str, torch.Size]:
+    """Key -> shape of a named config's state dict (built once per process, on the meta device)."""
+    return {k: v.shape for k, v in _gd_on_meta(GD_CONFIGS[name], name).state_dict().items()}
+
+
 def matching_gd_configs(sd: Mapping[str, Tensor]) -> list[str]:
-    """Names of the GD_CONFIGS whose keys and shapes ``sd`` matches exactly (built on the meta device)."""
-    return [name for name, kw in GD_CONFIGS.items() if state_dict_mismatch(_gd_on_meta(kw, name), sd) is None]
+    """Names of the GD_CONFIGS whose keys and shapes ``sd`` matches exactly."""
+    return [name for name in GD_CONFIGS if state_dict_mismatch(_named_gd_shapes(name), sd) is None]
 
 
 @_one_line_errors
@@ -456,12 +468,12 @@ def load_guided_diffusion(
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     sd = _read_state_dict(Path(path))
-    check_weights(sd, str(path))
     problem = state_dict_mismatch(model, sd)
     if problem is not None:
         matches = [m for m in matching_gd_configs(sd) if m != name]
         hint = f"; the file matches config {', '.join(repr(m) for m in matches)}" if matches else ""
         raise CheckpointError(f"{path}: checkpoint does not match config {name!r}: {problem}{hint}")
+    check_weights(sd, str(path))
     if dtype is not None:
         model = model.to(dtype)
     model = model.to_empty(device=device if device is not None else "cpu")
@@ -506,10 +518,10 @@ def _load_edm_state_dict(path: Path, cfg: dict[str, Any]) -> nn.Module:
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     sd = _read_state_dict(path)
-    check_weights(sd, str(path))
     problem = state_dict_mismatch(net, sd)
     if problem is not None:
         raise CheckpointError(f"{path}: checkpoint does not match its EDM {cfg['precond_class']} config: {problem}")
+    check_weights(sd, str(path))
     net.load_state_dict(dict(sd), strict=True, assign=True)
     return _finish(net, cfg)
 

@@ -46,6 +46,8 @@ def _opcode_positions(data: bytes) -> list[int]:
 
 def _mutate_bytes(data: bytes, positions: list[int], rng: random.Random) -> tuple[bytes, str]:
     """One random structural mutation; positions (opcode offsets) focus it on the pickle's structure."""
+    if not data:
+        return bytes([rng.choice(_OPCODES)]), "one opcode"
     buf = bytearray(data)
     at = rng.choice(positions) if positions and rng.random() < 0.8 else rng.randrange(len(buf))
     kind = rng.randrange(6)

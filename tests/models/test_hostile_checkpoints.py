@@ -340,6 +340,9 @@ def test_state_dict_reader_keeps_integer_buffers_but_refuses_nan(tmp_path):
     torch.save({"bn.weight": torch.ones(2).to_sparse()}, path)
     with pytest.raises(CheckpointError, match="sparse_coo"):
         load_state_dict_file(path)
+    torch.save({"bn.weight": torch.zeros(1).expand(10**12)}, path)  # 1.5 kB describing 10**12 elements
+    with pytest.raises(CheckpointError, match="views 1000000000000 elements over 4 bytes of storage"):
+        _no_hang(lambda: load_state_dict_file(path), seconds=10)
 
 
 def test_nan_weights_make_convert_fail_and_write_nothing(tmp_path, tiny_gd, capsys):
