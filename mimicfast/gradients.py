@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mimicfast.errors import InputError
@@ -244,10 +245,14 @@ class _FullGradient(torch.autograd.Function):
         return images
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
-        grad_x = ctx.backward_fn(ctx.state, grad_out)
-        ctx.state = None  # the trajectories are used once
-        return grad_x, None, None
+        if ctx.state is None:
+            raise RuntimeError(
+                "grad='full' keeps its trajectory for one backward pass; run the purifier again for another"
+            )
+        state, ctx.state = ctx.state, None  # the trajectories are freed as soon as the sweep ends
+        return ctx.backward_fn(state, grad_out), None, None
 
 
 def full_gradient(

@@ -135,3 +135,11 @@ def test_grad_none_refuses_an_input_that_requires_grad(net, x) -> None:
 def test_bad_grad_settings(net, kw, match) -> None:
     with pytest.raises(InputError, match=match):
         mimicfast.Purifier(net, **kw)
+
+
+def test_full_gradient_backward_runs_once_per_forward(net, x) -> None:
+    xr = x.clone().requires_grad_(True)
+    out = mimicfast.purify(xr, net, seed=1, grad="full", **KW)
+    out.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward pass"):
+        out.sum().backward()
