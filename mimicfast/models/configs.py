@@ -143,7 +143,7 @@ MAX_LEVELS = 8
 MAX_MULT = 64
 MAX_ATTENTION = 16
 MAX_LABELS = 100_000
-MAX_M = 10_000  # iDDPMPrecond builds its M noise levels in a Python loop
+MAX_M = 2_000  # iDDPMPrecond builds its M noise levels in a Python loop (EDM uses M = 1000)
 
 Check = Callable[[str, Any], Any]
 

@@ -167,7 +167,7 @@ def test_gd_config_values_are_validated_before_building(tmp_path, tiny_gd, chang
 @pytest.mark.parametrize(
     ("precond", "change", "match"),
     [
-        ("iDDPMPrecond", {"M": 100_000_000}, r"M must be an integer in \[1, 10000\]"),
+        ("iDDPMPrecond", {"M": 100_000_000}, r"M must be an integer in \[1, 2000\]"),
         ("VPPrecond", {"M": 0}, "M must be an integer"),
         ("EDMPrecond", {"num_blocks": 1_000_000}, "num_blocks must be an integer"),
         ("EDMPrecond", {"img_resolution": 0}, "img_resolution must be an integer in"),
