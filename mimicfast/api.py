@@ -30,6 +30,7 @@ from mimicfast.gradients import (
     check_grad_mode,
     check_requires_grad,
     full_gradient,
+    reverse_sweep,
 )
 from mimicfast.presets import Preset, get_preset
 from mimicfast.sampling.ancestral import sample
@@ -325,16 +326,9 @@ def _purify_images(
         return forward(x)
     if grad == "bpda":
         return bpda(forward, x)
-    return _full(x, denoiser, p, seeds, chunk, dtype, tau, progress, model_space, to_images, run_batch)
 
-
-def _full(x, denoiser, p, seeds, chunk, dtype, tau, progress, model_space, to_images, run_batch) -> torch.Tensor:
-    """``grad="full"``: the eager forward recording each chunk's trajectory, and the recomputing reverse sweep."""
-    from mimicfast.gradients import reverse_sweep
-
-    starts = range(0, x.shape[0], chunk)
-
-    def forward(images: torch.Tensor) -> tuple[torch.Tensor, list]:
+    def forward_recording(images: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """grad="full": the eager forward, keeping each chunk's trajectory (step inputs and noise)."""
         outs, states = [], []
         for s in starts:
             y, traj = model_space(images, s), Trajectory()
@@ -344,17 +338,18 @@ def _full(x, denoiser, p, seeds, chunk, dtype, tau, progress, model_space, to_im
         return torch.cat(outs), states
 
     def backward(states: list, grad_images: torch.Tensor) -> torch.Tensor:
+        """grad="full": the output's clamp (exact derivative), the reverse sweep, then ``y = 2 x - 1``."""
         grads = []
         for s, (y, traj, out) in zip(starts, states, strict=True):
             g = grad_images[s : s + chunk].to(device=out.device, dtype=dtype)
-            with torch.enable_grad():  # the clamp of the output: its exact derivative
+            with torch.enable_grad():
                 out_req = out.detach().requires_grad_(True)
                 (g_out,) = torch.autograd.grad(((out_req + 1) / 2).clamp(0, 1), out_req, g)
             g_y = reverse_sweep(denoiser, p, y, traj, g_out, tau=tau, progress=progress)
-            grads.append((2 * g_y).to(device=x.device, dtype=x.dtype))  # y = 2 x - 1
+            grads.append((2 * g_y).to(device=x.device, dtype=x.dtype))
         return torch.cat(grads)
 
-    return full_gradient(forward, backward, x)
+    return full_gradient(forward_recording, backward, x)
 
 
 class Purifier(nn.Module):
