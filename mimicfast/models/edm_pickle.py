@@ -171,7 +171,19 @@ def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
 def _numpy_reconstruct(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
     if subtype is not np.ndarray:
         raise CheckpointError(f"refusing numpy array subtype {subtype!r}")
-    return np.empty(shape, dtype=np.uint8)  # BUILD (ndarray.__setstate__) then sets dtype and data
+    if shape != (0,):  # what ndarray.__reduce__ writes; a larger shape would only allocate memory
+        raise CheckpointError("refusing a numpy array placeholder that is not empty")
+    return np.empty((0,), dtype=np.uint8)  # BUILD (ndarray.__setstate__) then sets shape, dtype and data
+
+
+def _bytearray(source: Any = b"", encoding: Any = None) -> bytearray:
+    """``bytearray`` from the bytes (protocol 3+) or latin-1 text (protocol 0-2) its pickle holds; never from an
+    integer, which would allocate that many zero bytes."""
+    if isinstance(source, bytes) and encoding is None:
+        return bytearray(source)
+    if isinstance(source, str) and encoding in ("latin1", "latin-1"):
+        return bytearray(source, encoding)
+    raise CheckpointError(f"refusing bytearray from a {type(source).__name__}")
 
 
 def _codecs_encode(text: Any, encoding: str = "utf-8") -> bytes:
@@ -193,7 +205,7 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("dnnlib.util", "EasyDict"): _EasyDict,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
-    ("builtins", "bytearray"): bytearray,
+    ("builtins", "bytearray"): _bytearray,
     ("builtins", "complex"): complex,
     ("builtins", "slice"): slice,
     ("_codecs", "encode"): _codecs_encode,

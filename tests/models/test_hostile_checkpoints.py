@@ -255,6 +255,24 @@ def test_cycles_are_refused():
         check_pickle(io.BytesIO(data), "x")
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x80\x02cbuiltins\nbytearray\nJ\x00\x00\x00\x7f\x85R.",  # bytearray(2**31 - 2**24): zero bytes
+        b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00\x00\x00\x7f\x85C\x01b\x87R.",
+    ],
+)
+def test_allow_listed_builders_allocate_nothing_from_a_count(data):
+    with pytest.raises(CheckpointError, match="refusing"):
+        edm_pickle.read_edm_pickle(io.BytesIO(data))
+
+
+def test_bytearrays_still_load():
+    for protocol in (3, 4, 5):  # protocols 0-2 name the module __builtin__, which the allow-list never had
+        data = pickle.dumps({"b": bytearray(b"\x00\xffab")}, protocol=protocol)
+        assert edm_pickle.read_edm_pickle(io.BytesIO(data)) == {"b": bytearray(b"\x00\xffab")}
+
+
 def test_huge_length_field_reads_only_the_file(tmp_path):
     pkl = tmp_path / "len.pkl"
     pkl.write_bytes(b"\x80\x04\x8e" + (2**62).to_bytes(8, "little") + b"abc")  # BINBYTES8 claiming 4 EiB
