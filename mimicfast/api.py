@@ -382,8 +382,12 @@ class Purifier(nn.Module):
         super().__init__()
         self.tau = check_grad_mode(grad, tau)
         self.grad = grad
-        if seed is not None and not isinstance(seed, (list, tuple)):
-            expand_seeds(seed, 1)  # a bad seed fails here, not at the first call
+        if seed is not None:  # a bad seed fails here, not at the first call
+            try:
+                count = len(seed)
+            except TypeError:
+                count = 1
+            expand_seeds(seed, count)
         self.denoiser = as_denoiser(model)
         self.preset = resolve_preset(preset, steps, overrides)
         self.seed = seed

@@ -225,3 +225,13 @@ def test_a_denoiser_returning_nan_is_reported(x) -> None:
 
     with pytest.raises(NumericalError, match="NaN"):
         mimicfast.purify(x, nan_denoiser, preset="released", steps=4)
+
+
+def test_purifier_checks_its_seed_when_built(net) -> None:
+    import numpy as np
+
+    for seed in (None, 3, np.int64(2), [1, 2], np.arange(3)):
+        mimicfast.Purifier(net, seed=seed)
+    for seed in (torch.tensor(3), "ab", 2**64, [1, -1], 1.5):
+        with pytest.raises(InputError, match="seed"):
+            mimicfast.Purifier(net, seed=seed)
