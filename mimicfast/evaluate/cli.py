@@ -87,6 +87,8 @@ def add_parser(subparsers) -> None:
     g.add_argument("--grad", default="bpda", choices=["bpda", "full"],
                    help="gradient through the purifier: bpda (identity) or full (every reverse step, smooth "
                         "surrogate of sign) (default: bpda)")
+    g.add_argument("--tau", type=float, default=None,
+                   help="temperature of the tanh(u / tau) surrogate of sign in --grad full (default: the Purifier's)")
     g = p.add_argument_group("run")
     g.add_argument("--n", "-n", type=int, default=64,
                    help="first N images of the data (default: 64); under torchrun write -n (torchrun's own parser "
@@ -120,7 +122,7 @@ def main(args: argparse.Namespace) -> int:
         classifier_class=args.classifier_class, classifier_kwargs=args.classifier_kwargs,
         checkpoint=args.checkpoint, config=args.config, preset=args.preset.split(","), steps=args.steps,
         overrides=dict(args.overrides), defense=args.defense, attacks=args.attacks, eps=args.eps, norm=args.norm,
-        attack_steps=args.attack_steps, eot=args.eot, grad=args.grad, draws=args.draws, n=args.n, seed=args.seed,
+        attack_steps=args.attack_steps, eot=args.eot, grad=args.grad, tau=args.tau, draws=args.draws, n=args.n, seed=args.seed,
         batch_size=args.batch_size, device=args.device, threads=args.threads, progress=not args.no_progress,
     )
     if summary is not None:

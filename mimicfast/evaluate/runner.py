@@ -72,6 +72,7 @@ def run(
     attack_steps: int = 10,
     eot: int | None = None,
     grad: str = "bpda",
+    tau: float | None = None,
     draws: int = 5,
     n: int | None = 64,
     seed: int = 0,
@@ -95,6 +96,7 @@ def run(
         eps, norm, attack_steps, eot: the threat model and attack budget (``eot`` None: each attack's default;
             attacks on the bare classifier use 1).
         grad: ``"bpda"`` or ``"full"``: the purifier's gradient inside attacks through it.
+        tau: temperature of ``grad="full"``'s ``tanh(u / tau)`` surrogate (default: the Purifier's).
         draws: defense draws per image (N of the protocols); the bare classifier is scored once.
         n: the first ``n`` images of the data (None: all).
         seed: the run seed; every per-image seed derives from it.
@@ -133,7 +135,7 @@ def run(
         defenses += [(defense_label(p, overrides), p) for p in presets]
     fixed = {"data": data_id, "classifier": classifier_id, "model": model_id, "steps": presets[0].steps,
              "overrides": overrides, "eps": eps, "norm": norm, "attack_steps": attack_steps, "eot": eot,
-             "grad": grad, "seed": seed, "batch_size": batch_size, "device": torch.device(device).type,
+             "grad": grad, "tau": tau, "seed": seed, "batch_size": batch_size, "device": torch.device(device).type,
              "dtype": str(x_all.dtype)}
     extra = {"draws": draws, "n": n, "defenses": [d for d, _ in defenses],
              "attacks": _all_attack_labels(attack_list, grad, defenses),
@@ -152,7 +154,8 @@ def run(
                disable=not progress, position=rank if world > 1 else None, dynamic_ncols=True)
     for dlabel, p in defenses:
         scorer = None if p is None else Purifier(denoiser, preset=p)
-        attacked = None if p is None else Purifier(denoiser, preset=p, grad=grad, seed=None)
+        tau_kw = {} if tau is None else {"tau": tau}
+        attacked = None if p is None else Purifier(denoiser, preset=p, grad=grad, seed=None, **tau_kw)
         n_draws = 1 if p is None else draws
         for attack in attacks_for(p is not None, attack_list):
             alabel = attack_label(attack, p is not None, grad)

@@ -48,8 +48,9 @@ def check_settings(out: Path, fixed: dict, extra: dict) -> None:
     if path.is_file():
         old = json.loads(path.read_text())["fixed"]
         new = json.loads(json.dumps(fixed))
-        if old != new:
-            diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        # A setting absent from an older folder reads as None (its default then).
+        diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if diff:
             shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff)
             raise InputError(f"{out} holds results of other settings ({shown}); choose another --out")
     out.mkdir(parents=True, exist_ok=True)
