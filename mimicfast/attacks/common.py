@@ -183,12 +183,20 @@ def eot_gradient(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """EOT estimates at ``x`` from ``eot`` calls of ``model`` on the whole batch.
 
+    The draws of a stochastic defense can give gradients of very different sizes for the same image (the full
+    gradient through MimicDiffusion varies by up to three orders of magnitude between draws), so a plain mean
+    is the largest draw's gradient. Each draw's gradient is therefore normalised to unit L2 norm per image before
+    averaging, and the average is scaled back by the draws' mean norm: every draw gets the same weight, the
+    size stays that of a typical draw (C&W weighs it against its distortion term), and with one draw the
+    result is the plain gradient.
+
     Returns:
-        ``(grad [B, C, H, W], loss [B], success [B])``: the mean over the calls of ``grad_x loss_fn(model(x), y)``,
-        of the loss, and of the success indicator ``success_fn(logits, y)`` (default: misclassified), a float in
-        [0, 1].
+        ``(grad [B, C, H, W], loss [B], success [B])``: the equally weighted mean over the calls of
+        ``grad_x loss_fn(model(x), y)`` described above, the mean of the loss, and the mean of the success
+        indicator ``success_fn(logits, y)`` (default: misclassified), a float in [0, 1].
     """
-    grad = torch.zeros_like(x)
+    direction = torch.zeros_like(x)
+    size = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     loss = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
     success = torch.zeros_like(loss)
     for _ in range(eot):
@@ -203,10 +211,12 @@ def eot_gradient(
             per_image = loss_fn(logits, y)
             (g,) = torch.autograd.grad(per_image.sum(), x_in, allow_unused=True)
         if g is not None:
-            grad += g
+            norm = g.flatten(1).norm(dim=1)
+            direction += g / rows_like(norm.clamp(min=torch.finfo(g.dtype).tiny), g)
+            size += norm
         loss += per_image.detach()
         success += success_fn(logits.detach(), y).float()
-    return grad / eot, loss / eot, success / eot
+    return direction * rows_like(size / eot, x) / eot, loss / eot, success / eot
 
 
 class BestIterates:

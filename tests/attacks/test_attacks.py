@@ -159,7 +159,7 @@ def test_model_is_called_a_fixed_number_of_times_on_the_whole_batch(name):
         assert len(model.rows) == 3 * eot + 3 * eot  # steps x eot gradients + 3 candidates x eot fresh draws
 
 
-def test_eot_gradient_is_the_mean_over_its_calls():
+def test_eot_gradient_weighs_every_draw_equally():
     gen = torch.Generator().manual_seed(2)
     weights = [torch.randn(3, 4, generator=gen) for _ in range(4)]  # call c uses weights[c]: a "random" model
     x = torch.rand(5, 1, 2, 2, generator=gen)
@@ -176,9 +176,38 @@ def test_eot_gradient_is_the_mean_over_its_calls():
         logits = xi.flatten(1) @ w.T
         (g,) = torch.autograd.grad(ce_loss(logits, y).sum(), xi)
         per_call.append((g, ce_loss(logits, y).detach(), (logits.argmax(1) != y).float()))
-    torch.testing.assert_close(grad, sum(p[0] for p in per_call) / 4)
+    norms = [p[0].flatten(1).norm(dim=1).view(-1, 1, 1, 1) for p in per_call]
+    direction = sum(p[0] / n for p, n in zip(per_call, norms, strict=True)) / 4
+    torch.testing.assert_close(grad, direction * sum(norms) / 4)
     torch.testing.assert_close(loss, sum(p[1] for p in per_call) / 4)
     torch.testing.assert_close(success, sum(p[2] for p in per_call) / 4)
+
+
+def test_eot_gradient_of_one_draw_is_the_gradient():
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(3, 4, generator=gen)
+    x = torch.rand(5, 1, 2, 2, generator=gen)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    grad, _, _ = eot_gradient(lambda images: images.flatten(1) @ w.T, x, y, ce_loss, eot=1)
+    xi = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(ce_loss(xi.flatten(1) @ w.T, y).sum(), xi)
+    torch.testing.assert_close(grad, g)
+
+
+def test_eot_gradient_is_not_one_large_draw():
+    x = torch.zeros(1, 1, 1, 2)
+    y = torch.tensor([0])
+    scales = iter([torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1000.0])])  # draw 2 is 1000x larger, orthogonal
+
+    def model(images):
+        s = next(scales)
+        v = (images.flatten(1) * s).sum(1, keepdim=True)
+        return torch.cat([-v, v], dim=1)
+
+    grad, _, _ = eot_gradient(model, x, y, ce_loss, eot=2)
+    g = grad.flatten()
+    assert g[0] > 0 and g[1] > 0
+    torch.testing.assert_close(g[0], g[1])  # both draws weigh the same in the direction
 
 
 def _lucky_model(p_of_v):
