@@ -3,6 +3,7 @@
     >>> import mimicfast
     >>> model = mimicfast.load_guided_diffusion("256x256_diffusion_uncond.pt", "imagenet256-uncond")
     >>> x_pur = mimicfast.purify(x_adv, model, preset="paper", seed=0)   # x_adv in [0, 1], NCHW
+    >>> defended = torch.nn.Sequential(mimicfast.Purifier(model, grad="bpda", seed=None), classifier)  # attackable
 
 Importing this package never initialises CUDA and never fails because an optional backend
 (Triton, the compiled extension ``mimicfast._C``) is missing; ``mimicfast.backends()`` says what loaded.
