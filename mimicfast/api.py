@@ -220,7 +220,9 @@ def purify(
         tau: temperature of the ``grad="full"`` surrogate (model units; default
             :data:`mimicfast.gradients.DEFAULT_TAU`).
         batch_size: images per sampler call (default: all at once on the CPU, as many as fit in free memory
-            on CUDA); never changes the result.
+            on CUDA); never changes the result. With ``grad="full"`` it is also the batch of the backward sweep,
+            which holds one step's double-backward graph per image (15.5 GiB for the ImageNet-256 model, README
+            "Attacking the defense"): set it on a GPU.
         device: where to run (default: the model's device). The caller's model is never moved: a model on
             another device is copied there for this call.
         progress: show a progress bar over the reverse steps.
