@@ -143,3 +143,17 @@ def test_full_gradient_backward_runs_once_per_forward(net, x) -> None:
     out.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="one backward pass"):
         out.sum().backward()
+
+
+@pytest.mark.parametrize("grad", ["bpda", "full"])
+def test_gradient_does_not_depend_on_batch_size(net, grad) -> None:
+    model = copy.deepcopy(net).double()
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    w = torch.randn_like(x)
+    grads = []
+    for batch_size in (None, 2):
+        xr = x.clone().requires_grad_(True)
+        out = mimicfast.purify(xr, model, seed=[4, 5, 6], grad=grad, batch_size=batch_size, **KW)
+        (g,) = torch.autograd.grad((out * w).sum(), xr)
+        grads.append(g)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
