@@ -17,21 +17,41 @@ from mimicfast.evaluate.store import read_jsonl, read_rows, read_settings, write
 _PROTOCOL_TITLES = {"own": "own seed", "worst": "worst of {N}", "majority": "majority of {N}"}
 
 
+ALL_ATTACKS = "all attacks (per image)"
+
+
 def summarize_rows(rows: list[dict], draws: int) -> list[dict]:
-    """The summary rows of ``rows`` (in first-seen (defense, attack) order), judged on draws ``0..draws-1``."""
+    """The summary rows of ``rows`` (in first-seen (defense, attack) order), judged on draws ``0..draws-1``.
+
+    A defense attacked by two or more attacks also gets an :data:`ALL_ATTACKS` row: an image counts only if it
+    counts under every attack (the attacker picks the best attack per image, as AutoAttack's ensemble does), over
+    the images finished under all of them.
+    """
     preds: dict[tuple[str, str], dict[int, dict[int, int]]] = defaultdict(lambda: defaultdict(dict))
     labels: dict[int, int] = {}
     for row in rows:
         preds[row["defense"], row["attack"]][int(row["index"])][int(row["draw"])] = int(row["pred"])
         labels[int(row["index"])] = int(row["label"])
-    out = []
+    complete: dict[tuple[str, str], dict[int, list[int]]] = {}
     for (defense, attack), per_image in preds.items():
         # The bare classifier is deterministic: it is scored with one draw.
         need = 1 if defense == "none" else draws
-        complete = {i: [d[k] for k in range(need)] for i, d in per_image.items() if all(k in d for k in range(need))}
+        complete[defense, attack] = {i: [d[k] for k in range(need)] for i, d in per_image.items()
+                                     if all(k in d for k in range(need))}
+    for defense in dict.fromkeys(d for d, _ in complete):
+        attacked = [a for d, a in complete if d == defense and a != "clean"]
+        if len(attacked) >= 2:
+            images = set.intersection(*(set(complete[defense, a]) for a in attacked))
+            complete[defense, ALL_ATTACKS] = {i: [complete[defense, a][i] for a in attacked] for i in sorted(images)}
+    out = []
+    for (defense, attack), per_image in complete.items():
         for protocol in PROTOCOLS:
-            n = len(complete)
-            correct = sum(image_correct(p, labels[i], protocol) for i, p in complete.items())
+            n = len(per_image)
+            if attack == ALL_ATTACKS:
+                correct = sum(all(image_correct(p, labels[i], protocol) for p in per_attack)
+                              for i, per_attack in per_image.items())
+            else:
+                correct = sum(image_correct(p, labels[i], protocol) for i, p in per_image.items())
             lo, hi = wilson_interval(correct, n)
             out.append({"defense": defense, "attack": attack, "protocol": protocol,
                         "accuracy": correct / n if n else float("nan"), "n": n, "ci95": [lo, hi]})
@@ -79,11 +99,12 @@ def summarize(out: Path, draws: int | None = None) -> dict:
 
 
 def combined_markdown(folders: list[Path], summaries: list[dict]) -> str:
-    """One Markdown table over several folders' summaries (one folder: its own table)."""
-    if len(summaries) == 1:
-        return format_markdown(summaries[0]["rows"], summaries[0]["settings"]["draws"])
+    """One Markdown table over several folders (one folder: its own table). Folders with the same number of
+    draws are summarised together, so the :data:`ALL_ATTACKS` row covers the attacks of all of them."""
     draws = {s["settings"]["draws"] for s in summaries}
     if len(draws) == 1:
-        return format_markdown([r for s in summaries for r in s["rows"]], draws.pop())
+        n_draws = draws.pop()
+        rows = [r for folder in folders for r in read_rows(folder).values()]
+        return format_markdown(summarize_rows(rows, n_draws), n_draws)
     return "\n\n".join(f"{folder}:\n\n" + format_markdown(s["rows"], s["settings"]["draws"])
                        for folder, s in zip(folders, summaries, strict=True))

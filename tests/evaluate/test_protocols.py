@@ -8,7 +8,7 @@ from torch import nn
 
 from mimicfast.evaluate.protocols import image_correct, wilson_interval
 from mimicfast.evaluate.seeds import PURPOSES, DefendedModel, derive_seed, image_seeds
-from mimicfast.evaluate.summary import summarize_rows
+from mimicfast.evaluate.summary import ALL_ATTACKS, summarize_rows
 
 
 def test_wilson_interval_known_values():
@@ -46,6 +46,20 @@ def test_summary_counts_only_images_with_all_draws():
     assert out["paper", "majority"]["accuracy"] == pytest.approx(2 / 3)
     assert out["none", "worst"]["n"] == 4 and out["none", "worst"]["accuracy"] == 0.5  # bare classifier: 1 draw
     assert set(out["paper", "own"]) == {"defense", "attack", "protocol", "accuracy", "n", "ci95"}
+
+
+def test_all_attacks_row_counts_an_image_only_if_it_survives_every_attack():
+    preds = {"pgd (bpda)": [[0, 0], [0, 0], [1, 0]], "cw (bpda)": [[0, 0], [0, 1], [0, 0]]}
+    rows = [{"defense": "paper", "attack": a, "index": i, "draw": d, "label": 0, "pred": p}
+            for a, per_image in preds.items() for i, draws in enumerate(per_image) for d, p in enumerate(draws)]
+    rows += [{"defense": "paper", "attack": "clean", "index": i, "draw": d, "label": 0, "pred": 1}
+             for i in range(3) for d in range(2)]
+    rows.append({"defense": "paper", "attack": "pgd (bpda)", "index": 3, "draw": 0, "label": 0, "pred": 0})
+    out = {(r["attack"], r["protocol"]): r for r in summarize_rows(rows, draws=2)}
+    assert out[ALL_ATTACKS, "own"]["n"] == 3  # image 3 is not finished under both attacks
+    assert out[ALL_ATTACKS, "own"]["accuracy"] == pytest.approx(2 / 3)  # image 2 falls to pgd's draw 0
+    assert out[ALL_ATTACKS, "worst"]["accuracy"] == pytest.approx(1 / 3)  # only image 0 survives every draw
+    assert ("clean", "own") in out and out["clean", "own"]["accuracy"] == 0  # clean is not an attack
 
 
 def test_seed_purposes_never_overlap_and_depend_only_on_the_image():

@@ -66,7 +66,7 @@ def test_rows_and_summary(reference):
     for r in summary["rows"]:
         assert set(r) == {"defense", "attack", "protocol", "accuracy", "n", "ci95"}
         assert r["n"] == 4 and 0 <= r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] <= 1
-    assert len(summary["rows"]) == 5 * 3
+    assert len(summary["rows"]) == 6 * 3  # + paper, "all attacks (per image)" (transfer and pgd)
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert "| paper | pgd (bpda) |" in (out / "summary.md").read_text()
     # The bare classifier's clean row is its plain accuracy; perturbations stay in the eps-ball.
