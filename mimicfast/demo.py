@@ -1,6 +1,6 @@
 """``mimicfast demo``: attack the bundled Fashion-MNIST classifier, purify, and show by how much it helps.
 
-A small :func:`mimicfast.evaluate.run` on the first ``--n`` bundled test images: the bare classifier and the
+A small ``mimicfast.evaluate.run`` on the first ``--n`` bundled test images: the bare classifier and the
 classifier behind the purifier (each ``--preset``), on clean images, under PGD against the bare classifier
 (``transfer``: an attack that ignores the purifier) and under PGD with EOT through the purifier (BPDA gradients);
 each defended accuracy with the defense's own seed, worst of ``--draws`` draws and majority of them. It prints
