@@ -236,7 +236,8 @@ def purify(
         **overrides: any other :class:`Preset` field, e.g. ``scale=0.5`` or ``window=None``.
 
     Returns:
-        purified images, [B, C, H, W] in [0, 1], on x's device and in x's dtype.
+        purified images, [B, C, H, W] in [0, 1] (unclamped with ``clamp_output=False``), on x's device and in x's
+        dtype.
 
     Raises:
         InputError: a bad argument or image batch (named in the message).
@@ -312,7 +313,7 @@ def _purify_images(
         return images[start : start + chunk].detach().to(device=run_device, dtype=dtype) * 2 - 1
 
     def to_images(out: torch.Tensor) -> torch.Tensor:
-        images = ((out + 1) / 2).clamp(0, 1).to(device=x.device, dtype=x.dtype)
+        images = to_user_space(out, p).to(device=x.device, dtype=x.dtype)
         if not bool(torch.isfinite(images).all()):
             raise NumericalError(
                 "the purified images contain NaN or Inf: the denoiser returned non-finite values (check the "
@@ -346,12 +347,18 @@ def _purify_images(
             g = grad_images[s : s + chunk].to(device=out.device, dtype=dtype)
             with torch.enable_grad():
                 out_req = out.detach().requires_grad_(True)
-                (g_out,) = torch.autograd.grad(((out_req + 1) / 2).clamp(0, 1), out_req, g)
+                (g_out,) = torch.autograd.grad(to_user_space(out_req, p), out_req, g)
             g_y = reverse_sweep(denoiser, p, y, traj, g_out, tau=tau, progress=progress)
             grads.append((2 * g_y).to(device=x.device, dtype=x.dtype))
         return torch.cat(grads)
 
     return full_gradient(forward_recording, backward, x)
+
+
+def to_user_space(out: torch.Tensor, preset: Preset) -> torch.Tensor:
+    """Model space [-1, 1] to images: ``(out + 1) / 2``, clamped to [0, 1] unless ``preset.clamp_output`` is False."""
+    images = (out + 1) / 2
+    return images.clamp(0, 1) if preset.clamp_output else images
 
 
 class Purifier(nn.Module):

@@ -49,6 +49,10 @@ class Preset:
             ``learn_sigma``); the released code discards it.
         clip_denoised: clamp x0_hat to [-1, 1] in the reverse step (guided-diffusion's default); the
             guidance loss always uses the unclipped x0_hat of Eq. 3.
+        clamp_output: clamp the purified images to [0, 1] (default, both presets). The released code does not
+            clip its last x0_hat and hands the classifier the image as it is, often outside [0, 1];
+            ``clamp_output=False`` returns that unclamped image (``purify(x, m, preset="released",
+            clamp_output=False)``), which then no longer lies in [0, 1].
     """
 
     name: str
@@ -66,6 +70,7 @@ class Preset:
     eta: float
     learned_variance: bool
     clip_denoised: bool
+    clamp_output: bool = True
 
     def __post_init__(self) -> None:
         # Every knob is checked (and numpy / torch scalars normalised to Python numbers) here, so that a NaN
@@ -78,7 +83,7 @@ class Preset:
         _check_choice("reduction", self.reduction, ("sum", "mean"))
         _check_choice("rt", self.rt, ("inverse_abar_sq", "sqrt_abar"))
         _check_choice("jacobian", self.jacobian, ("vjp", "constant_eps"))
-        for field in ("long_range", "learned_variance", "clip_denoised"):
+        for field in ("long_range", "learned_variance", "clip_denoised", "clamp_output"):
             if not isinstance(getattr(self, field), bool):
                 raise InputError(f"preset field {field!r} must be True or False, got {getattr(self, field)!r}")
         self._set("steps", _integer("steps", self.steps, 1, 1000))

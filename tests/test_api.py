@@ -235,3 +235,15 @@ def test_purifier_checks_its_seed_when_built(net) -> None:
     for seed in (torch.tensor(3), "ab", 2**64, [1, -1], 1.5):
         with pytest.raises(InputError, match="seed"):
             mimicfast.Purifier(net, seed=seed)
+
+
+def test_released_unclamped_output_is_the_clamped_one_before_its_clamp(net, x) -> None:
+    clamped = mimicfast.purify(x, net, preset="released", steps=10, seed=3)
+    raw = mimicfast.purify(x, net, preset="released", steps=10, seed=3, clamp_output=False)
+    assert torch.equal(raw.clamp(0, 1), clamped)
+    assert bool(((raw < 0) | (raw > 1)).any())  # the released loop leaves [0, 1] (a random network, scale 3000)
+
+
+def test_clamp_output_must_be_a_bool(net, x) -> None:
+    with pytest.raises(InputError, match="clamp_output"):
+        mimicfast.purify(x, net, preset="released", steps=2, clamp_output="no")
