@@ -340,8 +340,8 @@ def _read_npy(path: Path) -> torch.Tensor:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
             else:
                 raise ValueError(f"format version {version} is not supported")
-        except (ValueError, OSError, SyntaxError, TypeError) as exc:
-            raise InputError(f"{path}: not a .npy array file ({exc})") from None
+        except Exception as exc:  # numpy parses the header with ast/tokenize: any failure means a mangled file
+            raise InputError(f"{path}: not a .npy array file ({type(exc).__name__}: {exc})") from None
         if dtype.hasobject or (dtype.kind, dtype.itemsize) not in {("u", 1), ("f", 2), ("f", 4), ("f", 8)}:
             raise InputError(f"{path}: expected uint8 or float images, got dtype {dtype}")
         count = 1

@@ -313,3 +313,16 @@ def test_fuzz_hostile_inputs_give_input_errors_only(tmp_path) -> None:
             checked += 1
             path.unlink()
     assert checked >= 20
+
+
+def test_npy_with_a_mangled_header_is_an_input_error(tmp_path) -> None:
+    """numpy parses the header with ast/tokenize; an unterminated tuple raises tokenize's own error there."""
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((1, 1, 32, 32), np.float32))
+    data = bytearray(buf.getvalue())
+    start = data.index(b"(")
+    data[start + 1 : start + 3] = b"(("
+    path = tmp_path / "mangled.npy"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="not a .npy array file"):
+        read_inputs([path], GREY32)
