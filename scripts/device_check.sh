@@ -64,7 +64,7 @@ step purify-full-loop-cifar 30 env MIMICFAST_BENCH_FAST_STEPS=full "${BENCH[@]}"
 # 5. Policy variants at ImageNet batch 8: precision, layout, graphs per step vs 8 per graph, plain autograd VJP.
 step purify-variants 90 env MIMICFAST_BENCH_FAST_STEPS=10 MIMICFAST_BENCH_VARIANTS=fp16,fp32,bf16-nhwc,bf16-chunk8,bf16-plainvjp \
     "${BENCH[@]}" "gpu and gd256-b8"
-# 6. torch.compile of the network (minutes of compilation), then the op benches of issue 5 without compile.
+# 6. torch.compile of the network (minutes of compilation), then the op benches without compile.
 step purify-compile 150 env MIMICFAST_BENCH_FAST_STEPS=10 MIMICFAST_BENCH_VARIANTS=bf16-compile \
     "${BENCH[@]}" "gpu and gd256-b8"
 step op-benches 60 env MIMICFAST_BENCH_COMPILE=none python3 -m pytest -q -p no:cacheprovider \
