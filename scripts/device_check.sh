@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one run sized for a short device lease (issues 5 and 6).
+# Everything that needs a GPU, in one run sized for a short device lease.
 #
 # Run from the repository root on a CUDA machine:  bash scripts/device_check.sh
 # Results go to $OUT (default ./device-out): log.txt (all output), purify.jsonl (one JSON row per
