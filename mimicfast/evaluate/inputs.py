@@ -16,16 +16,31 @@ import torch
 from torch import nn
 
 from mimicfast.errors import InputError
-from mimicfast.io import IMAGE_SUFFIXES, Geometry, read_inputs
+from mimicfast.io import IMAGE_SUFFIXES, Geometry, open_input, read_inputs
 
 
-def file_id(path: Path) -> str:
-    """``<name>:sha256:<first 16 hex digits>`` of a file (or of every file of a folder, sorted)."""
+def content_id(path: Path) -> str:
+    """``<name>:sha256:<first 16 hex digits>`` of a file's bytes (or of every file of a folder, sorted), read in
+    bounded chunks through :func:`mimicfast.io.open_input` (regular files only): what a results folder is keyed by,
+    so replacing a file at the same path is noticed."""
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
-        digest.update(f.read_bytes())
+        with open_input(f) as reader:
+            for block in iter(lambda: reader.read(1 << 20), b""):
+                digest.update(block)
     return f"{path.name}:sha256:{digest.hexdigest()[:16]}"
+
+
+def _load_tensor_file(path: Path) -> object:
+    """A ``.npy`` array or ``.pt`` object read without pickle code, through the bounded safe reader."""
+    with open_input(path) as f:
+        try:
+            if path.suffix.lower() == ".npy":
+                return torch.from_numpy(np.load(f, allow_pickle=False))
+            return torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 -- any parser failure on a user's file is a bad input
+            raise InputError(f"{path}: not a readable .npy/.pt file ({type(exc).__name__}: {exc})") from None
 
 
 def load_data(data: Path | None, labels: Path | None, channels: int, size: int | None,
@@ -43,7 +58,7 @@ def load_data(data: Path | None, labels: Path | None, channels: int, size: int |
         from mimicfast.default import TEST_SLICE_PATH, load_test_slice
 
         x, y = load_test_slice()
-        return x, y, "bundled:" + file_id(TEST_SLICE_PATH)
+        return x, y, "bundled:" + content_id(TEST_SLICE_PATH)
     if not data.exists():
         raise FileNotFoundError(f"--data not found: {data}")
     geometry = Geometry(channels, size, pad=pad)
@@ -58,7 +73,7 @@ def load_data(data: Path | None, labels: Path | None, channels: int, size: int |
     elif data.suffix.lower() in (".npy", ".pt", ".pth"):
         x, _ = read_inputs([data], geometry)
         if data.suffix.lower() != ".npy" and labels is None:
-            obj = torch.load(data, map_location="cpu", weights_only=True)
+            obj = _load_tensor_file(data)
             y = obj.get("labels") if isinstance(obj, dict) else None
     else:
         raise InputError(f"{data}: unsupported --data (a folder of pictures, .npy or .pt)")
@@ -69,17 +84,15 @@ def load_data(data: Path | None, labels: Path | None, channels: int, size: int |
     y = torch.as_tensor(y).long().flatten()
     if y.shape[0] != x.shape[0]:
         raise InputError(f"{x.shape[0]} images but {y.shape[0]} labels")
-    ident = file_id(data) + ("" if labels is None else "+" + file_id(labels))
+    ident = content_id(data) + ("" if labels is None else "+" + content_id(labels))
     return x, y, ident
 
 
 def _read_labels(path: Path, names: list[str] | None) -> torch.Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"--labels not found: {path}")
-    if path.suffix.lower() == ".npy":
-        return torch.from_numpy(np.load(path, allow_pickle=False))
-    if path.suffix.lower() in (".pt", ".pth"):
-        return torch.as_tensor(torch.load(path, map_location="cpu", weights_only=True))
+    if path.suffix.lower() in (".npy", ".pt", ".pth"):
+        return torch.as_tensor(_load_tensor_file(path))
     lines = [line.replace(",", " ").split() for line in path.read_text().splitlines() if line.strip()]
     try:
         if all(len(parts) == 1 for parts in lines):
@@ -105,7 +118,7 @@ def load_classifier(path: Path | None, class_path: str | None = None, kwargs: di
     if path is None:
         from mimicfast.default import CLASSIFIER_PATH, load_default_classifier
 
-        return load_default_classifier(device), "bundled:" + file_id(CLASSIFIER_PATH)
+        return load_default_classifier(device), "bundled:" + content_id(CLASSIFIER_PATH)
     if not path.is_file():
         raise FileNotFoundError(f"--classifier not found: {path}")
     if class_path is None:
@@ -127,7 +140,7 @@ def load_classifier(path: Path | None, class_path: str | None = None, kwargs: di
             model.load_state_dict(load_state_dict_file(path), strict=True)
         except RuntimeError as exc:
             raise InputError(f"{path}: does not match {class_path}: {' '.join(str(exc).split())[:300]}") from None
-    ident = file_id(path) + ("" if class_path is None else f"+{class_path}{json.dumps(kwargs or {})}")
+    ident = content_id(path) + ("" if class_path is None else f"+{class_path}{json.dumps(kwargs or {})}")
     model = model.to(device).eval()
     for param in model.parameters():  # ScriptModules have no requires_grad_()
         param.requires_grad_(False)
@@ -140,7 +153,7 @@ def load_model(path: Path | None, config: str | None = None, device: str = "cpu"
     if path is None:
         from mimicfast.default import UNET_PATH, load_default_unet
 
-        return load_default_unet(device), "bundled:" + file_id(UNET_PATH)
+        return load_default_unet(device), "bundled:" + content_id(UNET_PATH)
     from mimicfast.models import load
 
-    return load(path, config).to(device), file_id(path) + ("" if config is None else f"+{config}")
+    return load(path, config).to(device), content_id(path) + ("" if config is None else f"+{config}")

@@ -50,6 +50,21 @@ def test_pt_npy_and_folder_give_the_same_batch(tmp_path):
         load_data(tmp_path / "d.npy", None, 1, 32, pad=True)
 
 
+
+def test_npy_and_pt_labels_are_read_safely(tmp_path):
+    images, labels = _images()
+    np.save(tmp_path / "d.npy", images)
+    np.save(tmp_path / "labels.npy", labels)
+    torch.save(torch.from_numpy(labels), tmp_path / "labels.pt")
+    _, y_npy, _ = load_data(tmp_path / "d.npy", tmp_path / "labels.npy", 1, 32, pad=True)
+    _, y_pt, _ = load_data(tmp_path / "d.npy", tmp_path / "labels.pt", 1, 32, pad=True)
+    assert y_npy.tolist() == y_pt.tolist() == labels.tolist()
+    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY\x01\x00" + b"x" * 40)
+    (tmp_path / "bad.pt").write_bytes(b"not a pickle")
+    for bad in ("bad.npy", "bad.pt"):
+        with pytest.raises(InputError, match="not a readable .npy/.pt file"):
+            load_data(tmp_path / "d.npy", tmp_path / bad, 1, 32, pad=True)
+
 def test_torchscript_and_state_dict_classifiers(tmp_path):
     net = Tiny().eval()
     torch.jit.script(net).save(str(tmp_path / "tiny_script.pt"))
