@@ -30,7 +30,7 @@ from mimicfast.errors import InputError
 from mimicfast.presets import Preset
 from mimicfast.sampling.denoisers import Denoiser
 from mimicfast.sampling.guidance import MimicGuidance
-from mimicfast.sampling.step import StepCoefficients, reverse_step
+from mimicfast.sampling.step import StepCoefficients, reverse_step, uses_learned_variance
 from mimicfast.upsample import SCALE, UpsampleMode
 
 GRAD_MODES = ("none", "bpda", "full")
@@ -207,7 +207,7 @@ def reverse_sweep(
     sigmas = denoiser.sigmas(preset.steps, preset.spacing)
     coef = StepCoefficients.build(sigmas, preset.eta, device=y.device, dtype=y.dtype)
     guidance = SurrogateGuidance(MimicGuidance(y, preset, sigmas), tau)
-    learned = preset.learned_variance and denoiser.learned_variance and preset.eta == 1.0
+    learned = uses_learned_variance(denoiser, preset.learned_variance, preset.eta)
     y_req = y.detach().requires_grad_(True)
     g_x, g_y = grad_out.to(y.dtype), torch.zeros_like(y)
     steps = len(sigmas) - 1

@@ -30,7 +30,7 @@ from mimicfast.presets import Preset
 from mimicfast.sampling.denoisers import Denoiser
 from mimicfast.sampling.guidance import MimicGuidance
 from mimicfast.sampling.noise import PerSampleNoise
-from mimicfast.sampling.step import StepCoefficients, reverse_step
+from mimicfast.sampling.step import StepCoefficients, reverse_step, uses_learned_variance
 
 
 class FastLoop:
@@ -78,7 +78,7 @@ class FastLoop:
         sigmas = denoiser.sigmas(preset.steps, preset.spacing)
         self.steps = len(sigmas) - 1
         self.start_scale = float((1 + sigmas[0] ** 2).sqrt())  # x_T ~ N(0, I) in VP coordinates
-        self.learned = preset.learned_variance and denoiser.learned_variance and preset.eta == 1.0
+        self.learned = uses_learned_variance(denoiser, preset.learned_variance, preset.eta)
         self.x = torch.zeros(self.shape, device=self.device, dtype=dtype)
         self.y = torch.zeros(self.shape, device=self.device, dtype=dtype)
         self.idx = torch.zeros(1, device=self.device, dtype=torch.int64)

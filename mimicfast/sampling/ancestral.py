@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mimicfast.sampling.denoisers import Denoiser
-from mimicfast.sampling.step import Guidance, StepCoefficients, reverse_step
+from mimicfast.sampling.step import Guidance, StepCoefficients, reverse_step, uses_learned_variance
 
 
 def sample(
@@ -47,7 +47,7 @@ def sample(
     Returns:
         x at sigma = 0, [B, C, H, W].
     """
-    learned = learned_variance and denoiser.learned_variance and eta == 1.0
+    learned = uses_learned_variance(denoiser, learned_variance, eta)
     coef = StepCoefficients.build(sigmas, eta, device=x.device, dtype=x.dtype)
     n = len(sigmas) - 1
     index = torch.arange(n, device=x.device)  # step i reads index[i : i + 1]: a view, no host-to-device copy

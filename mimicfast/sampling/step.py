@@ -93,6 +93,12 @@ class Guidance(Protocol):
         ...
 
 
+def uses_learned_variance(denoiser: Denoiser, requested: bool, eta: float) -> bool:
+    """Whether a step takes the model's learned variance: asked for, the model has one, and ``eta == 1`` (the
+    learned variance interpolates the DDPM posterior variance, which only the eta = 1 step uses)."""
+    return requested and denoiser.learned_variance and eta == 1.0
+
+
 def denoise(
     denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor, learned_variance: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
