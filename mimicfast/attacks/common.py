@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from mimicfast.errors import InputError
+from mimicfast.sampling.noise import check_seed
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -59,14 +60,12 @@ def check_args(
 
 
 def image_seeds(seeds: Seeds, n: int) -> list[int]:
-    """One non-negative int per image: an int is every image's seed; a sequence must hold ``n`` of them."""
+    """One seed per image, each checked like a purifier seed (an integer in [0, 2**64 - 1]): an int is every
+    image's seed; a sequence must hold ``n`` of them."""
     values = [seeds] * n if isinstance(seeds, int | np.integer) else list(seeds)
     if len(values) != n:
         raise InputError(f"seeds must be an int or one int per image ({n}), got {len(values)}")
-    for s in values:
-        if isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 0:
-            raise InputError(f"seeds must be non-negative ints, got {s!r}")
-    return [int(s) for s in values]
+    return [check_seed(s, f"seeds[{i}]") for i, s in enumerate(values)]
 
 
 def generator(seed: int, *stream: int) -> torch.Generator:
