@@ -11,7 +11,7 @@ Each row reports seconds per image and images/s of the fast path (steady state: 
 ``setup_s``), peak device memory, the eager reference (:func:`mimicfast.api.purify_batch`, fp32) measured
 in the same run and the speed-up over it, the ratio to the paper's 156 s (window) and 268 s (no window) per
 ImageNet image on an RTX 4090, and the fraction of the FLOP floor: ``T * forward + guided * input-VJP``
-FLOPs per image (``../shared/fixtures/parity/flops.json``) at the bf16 dense-matmul rate measured on the
+FLOPs per image (``tests/fixtures/parity/flops.json``) at the bf16 dense-matmul rate measured on the
 device at session start (docs/DESIGN.md §5 quotes 790 TFLOP/s for an H100).
 
 The eager reference at T = 1000 takes minutes per image, so by default it is timed per step: ``s`` steps

@@ -6,17 +6,13 @@
 # end-to-end bench), ops_bench.json (pytest-benchmark JSON of the op benches), junit_*.xml (GPU tests).
 # Steps run in order of importance, each under `timeout`, and a step is skipped when less time is left than
 # it needs, so the script ends by itself within BUDGET_S seconds (default 520) and leaves whatever it measured.
-# The fixtures must be reachable: ../shared beside the checkout, or MIMICFAST_SHARED, or a copy in ./.shared
-# (what the device tool carries; see benches/README.md).
+# The fixtures travel with the checkout (tests/fixtures/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device-out}
 mkdir -p "$OUT"
 END=$(($(date +%s) + ${BUDGET_S:-520}))
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-if [ -z "${MIMICFAST_SHARED:-}" ] && [ ! -d ../shared ] && [ -d .shared ]; then
-    export MIMICFAST_SHARED=$PWD/.shared
-fi
 exec > >(tee -a "$OUT/log.txt") 2>&1
 
 # step NAME NEEDED_S CMD...: run CMD under the time that is left, unless less than NEEDED_S is left.
@@ -37,7 +33,6 @@ step() {
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 python3 -c "import sys, torch, triton; print(sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)"
-echo "fixtures: ${MIMICFAST_SHARED:-../shared}"
 
 # 1. Build mimicfast._C (C++ and sm_90 CUDA kernels) against this machine's torch; Triton needs no build.
 step build 60 env MIMICFAST_BUILD_CUDA=1 MAX_JOBS=16 CMAKE_BUILD_PARALLEL_LEVEL=16 \

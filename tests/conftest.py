@@ -1,7 +1,7 @@
 """Shared test fixtures.
 
-``../shared`` (parity fixtures, real images) sits beside the checkout; tests that need it skip
-cleanly when it is absent. On a machine without CUDA, Triton kernels run through the interpreter.
+The parity fixtures and real images live in ``tests/fixtures/`` (provenance in their READMEs), so a fresh
+clone runs every test. On a machine without CUDA, Triton kernels run through the interpreter.
 """
 
 from __future__ import annotations
@@ -17,22 +17,18 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MIMICFAST_SHARED", REPO.parent / "shared"))
-PARITY = SHARED / "fixtures" / "parity"
-IMAGES = SHARED / "fixtures" / "images"
+FIXTURES = REPO / "tests" / "fixtures"
+PARITY = FIXTURES / "parity"
+IMAGES = FIXTURES / "images"
 
 
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
-    if not PARITY.is_dir():
-        pytest.skip(f"parity fixtures not found at {PARITY}")
     return PARITY
 
 
 @pytest.fixture(scope="session")
 def images_dir() -> Path:
-    if not IMAGES.is_dir():
-        pytest.skip(f"fixture images not found at {IMAGES}")
     return IMAGES
 
 

@@ -117,7 +117,7 @@ GD_CONFIGS: dict[str, dict[str, Any]] = {
         use_fp16=False,
         use_new_attention_order=False,
     ),
-    # ../shared/fixtures/parity/gd_unet_small_state_dict.pt (random weights, for tests).
+    # tests/fixtures/parity/gd_unet_small_state_dict.pt (random weights, for tests).
     "gd-small-test": dict(
         _IMAGENET_COMMON,
         image_size=32,
