@@ -9,25 +9,23 @@ Three rules hold for every command that uses this module:
 * **Nothing read is overwritten.** :func:`check_outputs` compares every output path with every file the command
   reads by identity (device and inode, so hard links, symlinks and ``..`` spellings are caught), before the
   first byte is written.
-* **Writes are atomic.** :func:`write_atomic` writes a temporary file beside the target, fsyncs it and renames it
+* **Writes are atomic.** :func:`mimicfast.atomic.write_atomic` writes a temporary file beside the target, fsyncs it and renames it
   over the target, so a kill or a full disk leaves either the old file or the complete new one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import os
-import tempfile
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
+from mimicfast.atomic import write_atomic
 from mimicfast.errors import CheckpointError, InputError
-from mimicfast.models.safe_read import BoundedReader, open_regular
+from mimicfast.safe_read import BoundedReader, open_regular
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +48,7 @@ _COLOUR_MODES = {"RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB
 
 
 def open_input(path: Path, max_bytes: int = MAX_INPUT_BYTES) -> BoundedReader:
-    """Open an input for bounded reading through the loader's :func:`mimicfast.models.safe_read.open_regular`:
+    """Open an input for bounded reading through the loader's :func:`mimicfast.safe_read.open_regular`:
     a regular file of at most ``max_bytes`` bytes (a FIFO, device or folder is refused without blocking), never
     read past the size it had when opened. Raises InputError naming the problem, FileNotFoundError."""
     try:
@@ -149,44 +147,6 @@ def check_outputs(outputs: Iterable[Path], reads: Iterable[Path]) -> None:
         if fid is not None and fid in read_ids:
             same = "" if Path(os.path.abspath(out)) == Path(os.path.abspath(read_ids[fid])) else f" ({read_ids[fid]})"
             raise InputError(f"output {out} would overwrite a file this command reads{same}; choose another output")
-
-
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary file beside it, fsync, and rename it over ``path``.
-
-    The temporary name is fresh (never an existing file); on any error it is removed and ``path`` is untouched.
-    The new file gets the usual permissions (0666 less the umask).
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (best effort: some file systems refuse fsync on folders)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -448,10 +408,3 @@ def write_png(image: torch.Tensor, path: Path) -> None:
     array = array[0].numpy() if array.shape[0] == 1 else array.permute(1, 2, 0).numpy()
     picture = Image.fromarray(array)
     write_atomic(path, lambda f: picture.save(f, format="PNG"))
-
-
-def save_torch(obj: object, path: Path) -> None:
-    """``torch.save(obj)`` to ``path``, atomically (:func:`write_atomic`)."""
-    import torch
-
-    write_atomic(path, lambda f: torch.save(obj, f))

@@ -177,7 +177,8 @@ def execute(job: Plan) -> None:
     from tqdm.auto import tqdm
 
     from mimicfast.api import Purifier
-    from mimicfast.io import save_torch, write_png
+    from mimicfast.atomic import save_torch
+    from mimicfast.io import write_png
 
     partial = job.out / PARTIAL
     partial.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from mimicfast.atomic import save_torch, write_text
 from mimicfast.errors import InputError
 
 SETTINGS = "settings.json"
@@ -54,7 +55,7 @@ def check_settings(out: Path, fixed: dict, extra: dict) -> None:
             shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff)
             raise InputError(f"{out} holds results of other settings ({shown}); choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps({"fixed": fixed, **extra}, indent=2) + "\n")
+    write_text(path, json.dumps({"fixed": fixed, **extra}, indent=2) + "\n")
 
 
 def read_settings(out: Path) -> dict:
@@ -62,12 +63,6 @@ def read_settings(out: Path) -> dict:
     if not path.is_file():
         raise InputError(f"{out} is not an evaluation folder (no {SETTINGS})")
     return json.loads(path.read_text())
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def read_jsonl(paths: Iterable[Path]) -> list[dict]:
@@ -116,11 +111,9 @@ def adv_path(out: Path, defense: str, attack: str, batch: int) -> Path:
 
 
 def save_adv(path: Path, indices: list[int], x_adv: torch.Tensor) -> None:
-    """Save a batch's adversarial examples (written to a temporary name, then renamed: never half a file)."""
+    """Save a batch's adversarial examples atomically (never half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"indices": indices, "x_adv": x_adv.detach().cpu()}, tmp)
-    os.replace(tmp, path)
+    save_torch({"indices": indices, "x_adv": x_adv.detach().cpu()}, path)
 
 
 def load_adv(path: Path, indices: list[int]) -> torch.Tensor | None:

@@ -11,8 +11,9 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from mimicfast.atomic import write_text
 from mimicfast.evaluate.protocols import PROTOCOLS, image_correct, wilson_interval
-from mimicfast.evaluate.store import read_jsonl, read_rows, read_settings, write_atomic
+from mimicfast.evaluate.store import read_jsonl, read_rows, read_settings
 
 _PROTOCOL_TITLES = {"own": "own seed", "worst": "worst of {N}", "majority": "majority of {N}"}
 
@@ -86,15 +87,15 @@ def summarize(out: Path, draws: int | None = None) -> dict:
     # Keep the order in which the run evaluated defenses and attacks.
     order = {(d, a): k for k, (d, a) in enumerate((d, a) for d in settings["defenses"] for a in settings["attacks"])}
     rows.sort(key=lambda r: order.get((r["defense"], r["attack"]), len(order)))
-    write_atomic(out / "rows.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    write_text(out / "rows.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     summary = {"rows": summarize_rows(rows, draws), "settings": {**settings, "draws": draws}}
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     timing = read_jsonl(sorted((out / "timing").glob("rank-*.jsonl")))
     seconds = sum(t["attack_s"] + t["score_s"] for t in timing)
     text = (f"# Evaluation: {out}\n\n{format_markdown(summary['rows'], draws)}\n\n"
             f"Accuracy [95% Wilson interval] (images). Settings: `{json.dumps(settings['fixed'])}`; "
             f"{draws} defense draws. Compute: {seconds:.0f} s summed over batches and processes.\n")
-    write_atomic(out / "summary.md", text)
+    write_text(out / "summary.md", text)
     return summary
 
 

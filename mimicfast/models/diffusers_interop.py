@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mimicfast.errors import CheckpointError, InputError
-from mimicfast.models.safe_read import one_line, read_json
+from mimicfast.safe_read import one_line, read_json
 from mimicfast.schedules import alphas_cumprod, linear_betas
 
 __all__ = ["DiffusersUNetDenoiser", "load_diffusers"]

@@ -9,7 +9,7 @@ Tensors pickle through ``torch._utils._rebuild_tensor_v2`` / ``_rebuild_paramete
 ``torch.storage._load_from_bytes(<legacy torch.save bytes>)``; ``torch.nn.ModuleDict`` containers by class and
 state.
 
-:class:`RestrictedUnpickler` first walks the stream with :func:`mimicfast.models.safe_read.check_pickle` (bounded
+:class:`RestrictedUnpickler` first walks the stream with :func:`mimicfast.safe_read.check_pickle` (bounded
 depth and size; BUILD only on objects the file creates, so a file cannot rewrite the builders below), then
 resolves only an allow-list of globals, each to a function of this module that builds inert data
 (``module_src`` stays an unused string; nested storage bytes are checked the same way and go through
@@ -34,7 +34,7 @@ from torch import nn
 
 from mimicfast.errors import CheckpointError
 from mimicfast.models.edm_precond import PRECOND_CLASSES
-from mimicfast.models.safe_read import check_pickle, check_torch_legacy, one_line
+from mimicfast.safe_read import check_pickle, check_torch_legacy, one_line
 
 __all__ = [
     "PICKLE_SUFFIXES",
@@ -222,7 +222,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     Anything else (``os.system``, ``builtins.eval``, ``subprocess.Popen``, EDM's own classes, ...) raises
     :class:`CheckpointError` naming the global; persistent ids are refused too. :meth:`load` first walks the
-    stream with :func:`~mimicfast.models.safe_read.check_pickle` (the stream must be seekable), so no object is
+    stream with :func:`~mimicfast.safe_read.check_pickle` (the stream must be seekable), so no object is
     built from a pickle that is too deep or too large or that would BUILD on an allow-listed class or function.
     """
 

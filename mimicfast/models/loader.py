@@ -15,7 +15,7 @@ A config is a name from :data:`~mimicfast.models.configs.GD_CONFIGS`, a dict, or
 
 What every load guarantees, whatever the file holds:
 
-* files are read through :mod:`mimicfast.models.safe_read`: regular files only (a FIFO, ``/dev/zero`` or a
+* files are read through :mod:`mimicfast.safe_read`: regular files only (a FIFO, ``/dev/zero`` or a
   directory is refused before it is opened), bounded sizes, every pickle walked for bounded depth and size
   before it is unpickled, and no pickle can change the loader's own objects;
 * configs pass :func:`~mimicfast.models.configs.validate_config` (types, ranges, upper bounds on every size)
@@ -59,7 +59,7 @@ from mimicfast.models.edm_pickle import (
 )
 from mimicfast.models.edm_precond import PRECOND_CLASSES
 from mimicfast.models.guided_diffusion import GuidedDiffusionUNet, guided_diffusion_unet
-from mimicfast.models.safe_read import (
+from mimicfast.safe_read import (
     MAX_CHECKPOINT_BYTES,
     BoundedReader,
     check_pickle,

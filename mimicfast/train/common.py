@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from mimicfast.atomic import save_torch
 from mimicfast.errors import CheckpointError
 
 
@@ -44,9 +45,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     """Atomically write a training checkpoint (tensors and plain Python values only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    save_torch(state, path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

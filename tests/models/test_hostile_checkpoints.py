@@ -21,7 +21,7 @@ from mimicfast.convert import convert
 from mimicfast.errors import CheckpointError
 from mimicfast.models import edm_pickle, load
 from mimicfast.models.loader import load_state_dict_file
-from mimicfast.models.safe_read import MAX_JSON_DEPTH, check_pickle
+from mimicfast.safe_read import MAX_JSON_DEPTH, check_pickle
 from tests.models._edm_util import edm_pickle_bytes, loader_state, tiny_edm
 
 TINY_GD = {
