@@ -36,7 +36,8 @@ from mimicfast.presets import Preset, get_preset
 from mimicfast.sampling.ancestral import sample
 from mimicfast.sampling.denoisers import Denoiser, as_denoiser
 from mimicfast.sampling.guidance import MimicGuidance
-from mimicfast.sampling.noise import PerSampleNoise, expand_seeds
+from mimicfast.sampling.noise import PerSampleNoise
+from mimicfast.seeding import expand_seeds
 
 
 def validate_images(x: object, denoiser: Denoiser | None = None) -> torch.Tensor:

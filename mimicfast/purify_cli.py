@@ -131,7 +131,7 @@ def plan(args: argparse.Namespace) -> Plan:
     from mimicfast.models import load
     from mimicfast.presets import get_preset
     from mimicfast.sampling import as_denoiser
-    from mimicfast.sampling.noise import expand_seeds
+    from mimicfast.seeding import expand_seeds
 
     # Arguments first: they are cheap to check and need no file.
     if args.batch_size < 1:

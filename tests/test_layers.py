@@ -28,7 +28,7 @@ LAYERS: dict[str, int] = {
     "api": 6,
     "app": 7,
 }
-CORE = {"errors", "presets", "schedules", "upsample", "_lazy", "safe_read", "atomic"}
+CORE = {"errors", "presets", "schedules", "upsample", "_lazy", "safe_read", "atomic", "seeding"}
 API = {"api", "gradients"}
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from mimicfast.errors import InputError
-from mimicfast.sampling.noise import check_seed
+from mimicfast.seeding import check_seed
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -3,7 +3,7 @@
 from mimicfast.sampling.ancestral import sample
 from mimicfast.sampling.denoisers import Denoiser, EpsTimestepDenoiser, SigmaDenoiser, as_denoiser
 from mimicfast.sampling.guidance import MimicGuidance
-from mimicfast.sampling.noise import PerSampleNoise, expand_seeds
+from mimicfast.sampling.noise import PerSampleNoise
 from mimicfast.sampling.step import Guidance, StepCoefficients, denoise, reverse_step
 
 __all__ = [
@@ -16,7 +16,6 @@ __all__ = [
     "StepCoefficients",
     "as_denoiser",
     "denoise",
-    "expand_seeds",
     "reverse_step",
     "sample",
 ]
