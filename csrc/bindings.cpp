@@ -130,7 +130,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("bicubic_up4_adjoint_cuda", &py_bicubic_up4_adjoint_cuda,
         "Adjoint of bicubic x4 upsampling of a CUDA tensor, enqueued on `stream`", py::arg("g"), py::arg("stream"));
 #endif
-  // The upsample codes of common/launch.h, which must equal mimicfast.upsample.UpsampleMode (tests compare).
+  // The upsample codes of common/launch.h, which must equal mimicfast.upsample_mode.UpsampleMode (tests compare).
   py::dict modes;
   modes["NONE"] = static_cast<int>(Upsample::kNone);
   modes["BICUBIC"] = static_cast<int>(Upsample::kBicubic);

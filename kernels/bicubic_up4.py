@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mimicfast.upsample import SCALE
+from mimicfast.upsample_mode import SCALE
 
 from .tensors import compute_dtype, empty_like_layout
 

@@ -15,7 +15,7 @@ high-res value is thus recomputed 4 times (the x-window overlap), never stored.
 
 Nearest H: ``H^T sign(H d) = 16 sign(d)`` exactly (each low-res pixel is copied to 16 high-res ones), so the
 residual is ``(long_weight + 16 short_weight) sign(d)``; ``UpsampleMode.NONE`` drops the short-range term.
-The mode reaches the kernel as its :class:`~mimicfast.upsample.UpsampleMode` code, a compile-time constant.
+The mode reaches the kernel as its :class:`~mimicfast.upsample_mode.UpsampleMode` code, a compile-time constant.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mimicfast.upsample import UpsampleMode
+from mimicfast.upsample_mode import UpsampleMode
 
 from .bicubic_up4 import (
     WINDOW,
@@ -222,7 +222,7 @@ def l1_residual_triton(
     Args:
         x0_hat, y: [B, C, H, W], same shape, dtype and device (CUDA, or the CPU under TRITON_INTERPRET=1);
             fp16 / bf16 / fp32 / fp64; any strides (contiguous and channels_last are read in place, no copy).
-        upsample: the :class:`~mimicfast.upsample.UpsampleMode` (or its code): ``BICUBIC`` (paper),
+        upsample: the :class:`~mimicfast.upsample_mode.UpsampleMode` (or its code): ``BICUBIC`` (paper),
             ``NEAREST`` (released code) or ``NONE`` (long-range term only).
         weight: optional per-sample weight, shape [B], any float dtype, same device.
         long_weight, short_weight: scalar weights of the two terms.

@@ -38,35 +38,7 @@ from mimicfast.sampling.denoisers import Denoiser, as_denoiser
 from mimicfast.sampling.guidance import MimicGuidance
 from mimicfast.sampling.noise import PerSampleNoise
 from mimicfast.seeding import expand_seeds
-
-
-def validate_images(x: object, denoiser: Denoiser | None = None) -> torch.Tensor:
-    """Check a user batch: a float tensor [B, C, H, W], B > 0, finite, in [0, 1], sized for the model."""
-    if not isinstance(x, torch.Tensor):
-        raise InputError(f"expected a torch.Tensor of images, got {type(x).__name__}")
-    if x.layout != torch.strided:
-        raise InputError(f"expected a dense (strided) tensor of images, got layout {x.layout}; use x.to_dense()")
-    if x.is_meta:
-        raise InputError("x is on the meta device and holds no values; pass images on 'cpu' or 'cuda'")
-    if x.dim() != 4:
-        raise InputError(f"expected images of shape [B, C, H, W] (rank 4), got rank {x.dim()} {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise InputError(f"expected a floating-point tensor with values in [0, 1], got dtype {x.dtype}")
-    if x.shape[0] == 0:
-        raise InputError("empty batch: x has 0 images")
-    if denoiser is not None:
-        if denoiser.channels is not None and x.shape[1] != denoiser.channels:
-            raise InputError(f"the model takes {denoiser.channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-        size = denoiser.image_size
-        if size is not None and tuple(x.shape[-2:]) != (size, size):
-            raise InputError(f"the model takes {size}x{size} images, got {x.shape[-2]}x{x.shape[-1]}")
-    values = x.detach()
-    if not bool(torch.isfinite(values).all()):
-        raise InputError("images contain NaN or Inf")
-    lo, hi = float(values.min()), float(values.max())
-    if lo < 0.0 or hi > 1.0:
-        raise InputError(f"image values must be in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
-    return x
+from mimicfast.validate import check_images
 
 
 def _working_dtype(denoiser: Denoiser) -> torch.dtype:
@@ -278,7 +250,7 @@ def _purify_images(
 ) -> torch.Tensor:
     """:func:`purify` after argument resolution, on the denoiser's device; ``fast_cache`` keeps fast purifiers
     (and their captured CUDA graphs) across calls, keyed by device, dtype and autocast."""
-    x = validate_images(x, denoiser)
+    x = check_images(x, channels=denoiser.channels, size=denoiser.image_size)
     check_requires_grad(x, grad)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")

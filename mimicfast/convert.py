@@ -54,8 +54,8 @@ def convert(src: str | PathLike[str], dst: str | PathLike[str], config: Any = No
     from safetensors.torch import save
 
     from mimicfast.atomic import write_atomic
-    from mimicfast.io import check_outputs, check_writable_dir, files_read_by_load
     from mimicfast.models import load
+    from mimicfast.outputs import check_outputs, check_writable_dir, files_read_by_load
 
     weights, cfg_path = _destination(dst)
     src = Path(src)

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 __all__ = ["add_parser", "default_steps", "plan", "execute", "run", "PARTIAL"]
 
 PARTIAL = ".partial"
+# The options of this command that fit an input to the model (named in the hints of errors).
+FIT_OPTIONS = frozenset({"--resize", "--pad", "--grey"})
 # Bumped whenever the chunk file layout or the meaning of its key changes, so old chunks are never reused.
 _CHUNK_FORMAT = 2
 
@@ -117,18 +119,10 @@ def plan(args: argparse.Namespace) -> Plan:
     the command reads; an output folder that cannot be written) or OSError (unreadable file).
     """
     from mimicfast.api import resolve_device, resolve_preset
+    from mimicfast.decode import Geometry, expand_inputs, read_inputs
     from mimicfast.errors import InputError
-    from mimicfast.io import (
-        Geometry,
-        check_outputs,
-        check_writable_dir,
-        expand_inputs,
-        files_read_by_load,
-        fit_name,
-        name_max,
-        read_inputs,
-    )
     from mimicfast.models import load
+    from mimicfast.outputs import check_outputs, check_writable_dir, files_read_by_load, fit_name, name_max
     from mimicfast.presets import get_preset
     from mimicfast.sampling import as_denoiser
     from mimicfast.seeding import expand_seeds
@@ -150,7 +144,7 @@ def plan(args: argparse.Namespace) -> Plan:
     denoiser = as_denoiser(model)
     steps = args.steps if args.steps is not None else default_steps(args.preset, denoiser.image_size)
     preset = resolve_preset(args.preset, steps, {})
-    geometry = Geometry(denoiser.channels or 3, denoiser.image_size, args.resize, args.pad, args.grey)
+    geometry = Geometry(denoiser.channels or 3, denoiser.image_size, args.resize, args.pad, args.grey, FIT_OPTIONS)
     images, names = read_inputs(inputs, geometry)
     seeds = expand_seeds(args.seed, len(names))
 
@@ -178,7 +172,7 @@ def execute(job: Plan) -> None:
 
     from mimicfast.api import Purifier
     from mimicfast.atomic import save_torch
-    from mimicfast.io import write_png
+    from mimicfast.outputs import write_png
 
     partial = job.out / PARTIAL
     partial.mkdir(parents=True, exist_ok=True)
@@ -247,7 +241,7 @@ def _load_chunk(path: Path, key: str, shape: tuple[int, ...]) -> tuple[torch.Ten
     when there is no chunk file at all."""
     import torch
 
-    from mimicfast.io import open_input
+    from mimicfast.decode import open_input
 
     if not path.exists():
         return None, None

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import mimicfast
+from mimicfast.autograd_memory import SavedTensorPeak
 from mimicfast.errors import InputError
-from mimicfast.gradients import SavedTensorPeak
 from tests.helpers import TinyEpsNet
 
 KW = dict(preset="paper", steps=10, scale=1e-3)

@@ -28,7 +28,10 @@ LAYERS: dict[str, int] = {
     "api": 6,
     "app": 7,
 }
-CORE = {"errors", "presets", "schedules", "upsample", "_lazy", "safe_read", "atomic", "seeding"}
+CORE = {
+    "errors", "presets", "schedules", "upsample_mode", "_lazy", "safe_read", "atomic", "seeding", "validate", "decode",
+    "outputs", "autograd_memory",
+}
 API = {"api", "gradients"}
 
 

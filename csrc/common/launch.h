@@ -9,7 +9,7 @@ namespace mimicfast {
 
 enum class DType : int32_t { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
-// Upsampling operator H of the short-range guidance term. The values are those of mimicfast.upsample.UpsampleMode
+// Upsampling operator H of the short-range guidance term. The values are those of mimicfast.upsample_mode.UpsampleMode
 // (mimicfast._C.upsample_modes exports them; tests/ops/test_upsample_modes.py checks that the two agree).
 enum class Upsample : int32_t { kNone = 0, kBicubic = 1, kNearest = 2 };
 

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from mimicfast.decode import IMAGE_SUFFIXES, Geometry, open_input, read_inputs
 from mimicfast.errors import InputError
-from mimicfast.io import IMAGE_SUFFIXES, Geometry, open_input, read_inputs
 
 
 def content_id(path: Path) -> str:
     """``<name>:sha256:<first 16 hex digits>`` of a file's bytes (or of every file of a folder, sorted), read in
-    bounded chunks through :func:`mimicfast.io.open_input` (regular files only): what a results folder is keyed by,
+    bounded chunks through :func:`mimicfast.decode.open_input` (regular files only): what a results folder is keyed by,
     so replacing a file at the same path is noticed."""
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -50,7 +50,7 @@ def load_data(data: Path | None, labels: Path | None, channels: int, size: int |
     ``data`` None is the bundled Fashion-MNIST slice (1,000 test images). Otherwise a ``.pt`` file holding
     ``{"images", "labels"}``; a ``.npy`` or ``.pt`` image batch with a ``labels`` file; or a folder of pictures
     (PNG/JPEG/BMP/WebP, read in sorted file-name order) with a ``labels`` file. Images are read as ``mimicfast
-    purify`` reads them (:func:`mimicfast.io.read_inputs`: uint8 or float in [0, 1]; ``pad`` zero-pads smaller
+    purify`` reads them (:func:`mimicfast.decode.read_inputs`: uint8 or float in [0, 1]; ``pad`` zero-pads smaller
     images to the model's size). A labels file is ``.npy``/``.pt`` (one integer per image) or text: one label per
     line, or ``<file name> <label>`` per line (for a folder).
     """

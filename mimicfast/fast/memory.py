@@ -26,13 +26,14 @@ from dataclasses import dataclass
 
 import torch
 
+from mimicfast.autograd_memory import SavedTensorPeak
 from mimicfast.errors import InputError
 from mimicfast.fast.input_vjp import input_only_vjp
 from mimicfast.fast.loop import FastLoop
 from mimicfast.fast.precision import apply_policy
 from mimicfast.presets import Preset
 from mimicfast.sampling.denoisers import Denoiser
-from mimicfast.sampling.step import denoise
+from mimicfast.sampling.step import denoise, uses_learned_variance
 
 # Tensors of the batch's shape alive at a step's peak besides the network's activations: x, y, x0, the
 # residual, J^T r, the noise, the update's temporaries (CPU estimate only; CUDA measures).
@@ -100,23 +101,14 @@ def _cuda_peak(denoiser: Denoiser, preset: Preset, shape: Sequence[int], device,
 
 
 def _cpu_peak(denoiser: Denoiser, preset: Preset, shape: Sequence[int], device, dtype, input_vjp: bool) -> int:
-    param_storages = {p.untyped_storage().data_ptr() for p in denoiser.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in param_storages:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
     x = torch.randn(shape, device=device, dtype=dtype).requires_grad_(True)
     sigma = torch.ones(shape[0], device=device, dtype=dtype)
-    learned = preset.learned_variance and denoiser.learned_variance
+    learned = uses_learned_variance(denoiser, preset.learned_variance, preset.eta)
     mode = input_only_vjp() if input_vjp else contextlib.nullcontext()
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode:
+    with torch.enable_grad(), SavedTensorPeak(exclude=denoiser.parameters()) as probe, mode:
         denoise(denoiser, x, sigma, learned)
     state = _STATE_TENSORS * math.prod(shape) * dtype.itemsize
-    return sum(seen.values()) + state
+    return probe.peak + state
 
 
 def measure_footprint(

@@ -15,7 +15,7 @@ from mimicfast.errors import InputError
 from mimicfast.kernels.tensors import empty_like_layout
 from mimicfast.ops import _dispatch
 from mimicfast.reference.ops import bicubic_up4_adjoint_reference, bicubic_up4_reference
-from mimicfast.upsample import SCALE
+from mimicfast.upsample_mode import SCALE
 
 # The backends' kernels, called with validated inputs; each returns its result in its input's layout.
 

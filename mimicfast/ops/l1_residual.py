@@ -6,7 +6,7 @@ is the gradient w.r.t. ``x0_hat`` of the per-sample guidance loss
 ``weight_b * (long_weight ||d_b||_1 + short_weight ||H d_b||_1)``, H the x4 upsampling. Registered as the
 custom op ``mimicfast::l1_residual`` (fake kernel and autograd included, so it traces under
 ``torch.compile`` and captures in CUDA graphs; its ``upsample`` argument is an
-:class:`~mimicfast.upsample.UpsampleMode` code), with one kernel per backend behind
+:class:`~mimicfast.upsample_mode.UpsampleMode` code), with one kernel per backend behind
 :mod:`mimicfast.ops._dispatch`. The spec is :func:`mimicfast.reference.ops.l1_residual_reference`.
 """
 
@@ -18,7 +18,7 @@ from mimicfast.errors import InputError
 from mimicfast.kernels.tensors import compute_dtype, empty_like_layout
 from mimicfast.ops import _dispatch
 from mimicfast.reference.ops import l1_residual_reference
-from mimicfast.upsample import UpsampleMode
+from mimicfast.upsample_mode import UpsampleMode
 
 # The backends' kernels, called with validated inputs: (x0_hat, y, upsample code, weight, long_weight,
 # short_weight) -> r in x0_hat's layout.
@@ -112,7 +112,7 @@ def l1_residual(
             the arithmetic dtype first).
         upsample: H: ``"bicubic"`` (paper: ``F.interpolate(scale_factor=4, mode="bicubic",
             align_corners=False)``), ``"nearest"`` (released code) or ``None`` (long-range term only), or
-            the :class:`~mimicfast.upsample.UpsampleMode` member.
+            the :class:`~mimicfast.upsample_mode.UpsampleMode` member.
         weight: optional per-sample weight, shape [B], floating, on the same device.
         long_weight, short_weight: scalar weights of the two terms.
 

@@ -15,7 +15,7 @@ import torch
 
 from mimicfast.presets import Preset
 from mimicfast.reference.ops import upsample_reference
-from mimicfast.upsample import SCALE
+from mimicfast.upsample_mode import SCALE
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from mimicfast.upsample import SCALE
+from mimicfast.upsample_mode import SCALE
 
 Upsample = Literal["bicubic", "nearest"] | None
 

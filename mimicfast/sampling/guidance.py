@@ -22,7 +22,7 @@ import torch
 from mimicfast.ops import bicubic_up4, bicubic_up4_adjoint, l1_residual
 from mimicfast.presets import Preset
 from mimicfast.schedules import window_mask
-from mimicfast.upsample import SCALE, UpsampleMode
+from mimicfast.upsample_mode import SCALE, UpsampleMode
 
 
 def guidance_factor(abar: torch.Tensor, preset: Preset) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 from mimicfast.errors import InputError
 from mimicfast.ops import l1_residual
 from mimicfast.reference.ops import l1_residual_reference, upsample_reference
-from mimicfast.upsample import UpsampleMode
+from mimicfast.upsample_mode import UpsampleMode
 
 MODES = ["bicubic", "nearest", None]
 SHAPES = [(1, 3, 37, 53), (4, 3, 8, 8), (2, 1, 1, 1), (1, 2, 2, 3), (3, 2, 5, 4)]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from mimicfast.reference.ops import l1_residual_reference, upsample_reference
-from mimicfast.upsample import UpsampleMode
+from mimicfast.upsample_mode import UpsampleMode
 
 _kernels = pytest.importorskip("mimicfast.kernels.l1_residual", reason="needs triton")
 l1_residual_triton = _kernels.l1_residual_triton

@@ -1,4 +1,4 @@
-"""One set of upsample mode codes everywhere: mimicfast.upsample.UpsampleMode, the C++ ``Upsample`` enum of
+"""One set of upsample mode codes everywhere: mimicfast.upsample_mode.UpsampleMode, the C++ ``Upsample`` enum of
 csrc/common/launch.h and the Triton kernel's constexprs.
 
 Each backend receives the mode as its integer code. The direct checks compare the codes; the behavioural check
@@ -13,7 +13,7 @@ import torch
 
 from mimicfast.ops import _dispatch, l1_residual
 from mimicfast.reference.ops import l1_residual_reference
-from mimicfast.upsample import UpsampleMode
+from mimicfast.upsample_mode import UpsampleMode
 
 PYTHON_CODES = {m.name: m.value for m in UpsampleMode}
 

@@ -1,31 +1,24 @@
-"""Files of the command line: safe reads of inputs, checks of outputs, atomic writes.
-
-Three rules hold for every command that uses this module:
+"""Reading the images a command is given: pictures, ``.npy`` / ``.pt`` batches and folders of them.
 
 * **Reads are bounded.** :func:`open_input` opens regular files only (a FIFO, a device such as /dev/zero or a
   directory is refused without blocking), and no reader reads more than the file's size. Pictures are checked
   from their header (size, mode) before any pixel is decoded; ``.npy`` headers are checked against the file size
   before any array is allocated.
-* **Nothing read is overwritten.** :func:`check_outputs` compares every output path with every file the command
-  reads by identity (device and inode, so hard links, symlinks and ``..`` spellings are caught), before the
-  first byte is written.
-* **Writes are atomic.** :func:`mimicfast.atomic.write_atomic` writes a temporary file beside the target, fsyncs it and renames it
-  over the target, so a kill or a full disk leaves either the old file or the complete new one.
+* **Everything is checked before anything is used.** :func:`read_inputs` returns one float32 batch in [0, 1]
+  fitted to the model (channels, size), or raises InputError naming the file and the problem.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mimicfast.atomic import write_atomic
 from mimicfast.errors import CheckpointError, InputError
 from mimicfast.safe_read import BoundedReader, open_regular
+from mimicfast.validate import check_channels, check_images
 
 if TYPE_CHECKING:
     import torch
@@ -44,9 +37,6 @@ _GREY_MODES = {"1": 1, "L": 255, "LA": 255, "La": 255, "I;16": 65535, "I;16B": 6
 _COLOUR_MODES = {"RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
 
 
-# ---------------------------------------------------------------------------------------------- safe reads
-
-
 def open_input(path: Path, max_bytes: int = MAX_INPUT_BYTES) -> BoundedReader:
     """Open an input for bounded reading through the loader's :func:`mimicfast.safe_read.open_regular`:
     a regular file of at most ``max_bytes`` bytes (a FIFO, device or folder is refused without blocking), never
@@ -55,101 +45,6 @@ def open_input(path: Path, max_bytes: int = MAX_INPUT_BYTES) -> BoundedReader:
         return open_regular(path, max_bytes=max_bytes, what="picture or batch")
     except CheckpointError as exc:
         raise InputError(str(exc)) from None
-
-
-FileId = tuple[int, int]
-
-
-def file_id(path: Path) -> FileId | None:
-    """``(device, inode)`` of the file ``path`` names (following symlinks), or None if there is none."""
-    try:
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return st.st_dev, st.st_ino
-
-
-def files_read_by_load(checkpoint: Path, config: str | None) -> list[Path]:
-    """Every file :func:`mimicfast.models.load` may read for ``checkpoint`` and ``config``: the checkpoint (every
-    file of it when it is a folder), a config given as a path, and the ``<stem>.json`` beside the checkpoint."""
-    files = [checkpoint, checkpoint.with_suffix(".json")]
-    if config is not None:
-        files.append(Path(config))
-    if checkpoint.is_dir():
-        files.extend(p for p in sorted(checkpoint.rglob("*"))[:10_000] if p.is_file())
-    return files
-
-
-# ---------------------------------------------------------------------------------------------- outputs
-
-
-def check_writable_dir(folder: Path, what: str) -> None:
-    """Check that ``folder`` is, or can be created as, a folder this process can write, without writing.
-
-    Raises InputError naming the problem: an existing non-folder on the way (``-o afile/sub``), a read-only
-    file system, or no write permission.
-    """
-    probe = folder
-    while not probe.exists():
-        if probe.is_symlink():
-            raise InputError(f"{what} {folder}: {probe} is a broken symbolic link")
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InputError(f"{what} {folder}: {probe} exists and is not a folder")
-    try:
-        writable = os.access(probe, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids)
-    except OSError as exc:  # pragma: no cover - access() itself failing
-        raise InputError(f"{what} {folder}: {exc.strerror}") from None
-    if not writable:
-        try:
-            read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
-        except OSError:
-            read_only = False
-        reason = "is on a read-only file system" if read_only else "is not writable"
-        raise InputError(f"{what} {folder}: {probe} {reason}")
-
-
-def name_max(folder: Path) -> int:
-    """Longest file name (bytes) allowed in ``folder`` or its nearest existing parent (255 if unknown)."""
-    probe = folder
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    try:
-        return int(os.pathconf(probe, "PC_NAME_MAX"))
-    except (OSError, ValueError):
-        return 255
-
-
-def fit_name(name: str, suffix: str, limit: int) -> str:
-    """``name + suffix`` if it fits in ``limit`` bytes, else ``name`` cut short plus 8 hex digits of its hash
-    (so that two long names that share a beginning still get different files) plus ``suffix``."""
-    if len((name + suffix).encode()) <= limit:
-        return name + suffix
-    tag = "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
-    room = limit - len((tag + suffix).encode())
-    cut = name.encode()[: max(room, 0)].decode(errors="ignore")
-    return cut + tag + suffix
-
-
-def check_outputs(outputs: Iterable[Path], reads: Iterable[Path]) -> None:
-    """Refuse if any output would replace a file that is read (same device and inode), or is a folder."""
-    read_ids = {}
-    for path in reads:
-        fid = file_id(path)
-        if fid is not None:
-            read_ids.setdefault(fid, path)
-    for out in outputs:
-        if out.is_dir():
-            raise InputError(f"output {out} exists and is a folder")
-        fid = file_id(out)
-        if fid is not None and fid in read_ids:
-            same = "" if Path(os.path.abspath(out)) == Path(os.path.abspath(read_ids[fid])) else f" ({read_ids[fid]})"
-            raise InputError(f"output {out} would overwrite a file this command reads{same}; choose another output")
-
-
-# ---------------------------------------------------------------------------------------------- inputs
 
 
 def expand_inputs(paths: Iterable[Path]) -> list[Path]:
@@ -172,41 +67,76 @@ def expand_inputs(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
+LAYOUTS = "[N, C, H, W], [C, H, W], grey [N, H, W] or one grey [H, W] image"
+"""The array layouts a ``.npy`` / ``.pt`` batch may have (C is 1, 3, or the model's channel count)."""
+
+
 @dataclass(frozen=True)
 class Geometry:
     """How inputs are fitted to the model: ``channels`` C and ``size`` S (None: any) of the model;
-    ``resize``: scale and center-crop to S; ``pad``: zero-pad smaller inputs to S; ``grey``: colour -> luma."""
+    ``resize``: scale and center-crop to S; ``pad``: zero-pad smaller inputs to S; ``grey``: colour -> luma.
+
+    ``options`` names the caller's command-line options that fix a mismatch (any of ``"--pad"``, ``"--resize"``,
+    ``"--grey"``); error messages suggest only those, so a command is never told to pass an option it lacks.
+    """
 
     channels: int
     size: int | None
     resize: bool = False
     pad: bool = False
     grey: bool = False
+    options: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What :func:`decode_inputs` read: ``images`` [N, C, S, S] float32 in [0, 1], one unique name per image,
+    and each image's ``(height, width)`` before it was fitted to the model."""
+
+    images: torch.Tensor
+    names: list[str]
+    sizes: list[tuple[int, int]]
 
 
 def read_inputs(paths: list[Path], geometry: Geometry) -> tuple[torch.Tensor, list[str]]:
+    """``(images, names)`` of :func:`decode_inputs`."""
+    decoded = decode_inputs(paths, geometry)
+    return decoded.images, decoded.names
+
+
+def decode_inputs(paths: list[Path], geometry: Geometry) -> Decoded:
     """Read and check every input: one float32 batch [N, C, S, S] in [0, 1] and one unique name per image.
 
-    Pictures give one image named by the file's stem; ``.npy`` / ``.pt`` batches ([N, C, H, W], [C, H, W] or
-    grey [N, H, W] / [H, W]; uint8, or float in [0, 1]) give images named ``<stem>_0000``, ``<stem>_0001``, ...
+    Pictures give one image named by the file's stem; ``.npy`` / ``.pt`` batches (:data:`LAYOUTS`; uint8, or
+    float in [0, 1]) give images named ``<stem>_0000``, ``<stem>_0001``, ...
     Raises InputError naming the file and the problem (nothing is partially accepted).
     """
     import torch
 
     if geometry.size is not None and geometry.size * geometry.size > MAX_PIXELS:
         raise InputError(f"the model's image size {geometry.size} is larger than the {MAX_PIXELS} pixels accepted")
-    images, names, owner = [], [], {}
+    images, names, sizes, owner = [], [], [], {}
     for path in paths:
         suffix = path.suffix.lower()
         if suffix in IMAGE_SUFFIXES:
-            batch, batch_names = _read_picture(path, geometry), [path.stem]
+            batch = _read_picture(path, geometry)
         elif suffix in BATCH_SUFFIXES:
             batch = _read_batch(path)
-            batch_names = [f"{path.stem}_{i:04d}" for i in range(batch.shape[0])]
         else:
-            raise InputError(f"{path}: unsupported input type {path.suffix!r} (PNG/JPEG/BMP/WebP, .npy or .pt)")
-        batch = _fit(_match_channels(batch, geometry, path), geometry, path, picture=suffix in IMAGE_SUFFIXES)
-        _check_values(batch, path)
+            raise InputError(
+                f"{path}: unsupported input type {path.suffix!r} (PNG/JPEG/BMP/WebP pictures, .npy/.pt/.pth batches)"
+            )
+        batch = _match_channels(batch, geometry, path)  # [N, C, H, W]: a grey [H, W] array is one image
+        if suffix in IMAGE_SUFFIXES:
+            batch_names = [path.stem]
+        else:
+            batch_names = [f"{path.stem}_{i:04d}" for i in range(batch.shape[0])]
+        sizes.extend([tuple(batch.shape[-2:])] * batch.shape[0])
+        batch = _fit(batch, geometry, path, picture=suffix in IMAGE_SUFFIXES)
+        try:
+            check_images(batch)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
         for name in batch_names:
             if name in owner:
                 raise InputError(f"{owner[name]} and {path} give the same image name {name!r}; outputs would collide")
@@ -215,7 +145,7 @@ def read_inputs(paths: list[Path], geometry: Geometry) -> tuple[torch.Tensor, li
         names.extend(batch_names)
     if not images:
         raise InputError("no input images")
-    return torch.cat(images), names
+    return Decoded(torch.cat(images), names, sizes)
 
 
 def _read_picture(path: Path, geometry: Geometry) -> torch.Tensor:
@@ -279,7 +209,7 @@ def _read_batch(path: Path) -> torch.Tensor:
     if tensor.dtype != torch.uint8 and not tensor.is_floating_point():
         raise InputError(f"{path}: expected uint8 or float images, got dtype {tensor.dtype}")
     if not 2 <= tensor.dim() <= 4:
-        raise InputError(f"{path}: expected images [N, C, H, W], [C, H, W] or [H, W], got shape {tuple(tensor.shape)}")
+        raise InputError(f"{path}: expected images {LAYOUTS}, got shape {tuple(tensor.shape)}")
     if tensor.numel() == 0:
         raise InputError(f"{path}: holds no images (shape {tuple(tensor.shape)})")
     return tensor
@@ -340,8 +270,13 @@ def _match_channels(batch: torch.Tensor, geometry: Geometry, path: Path) -> torc
             return (batch * weights).sum(1, keepdim=True)
         if torch.equal(batch[:, :1].expand_as(batch), batch):
             return batch[:, :1].contiguous()
-        raise InputError(f"{path}: colour image(s) for a grey (1-channel) model; pass --grey to convert them to grey")
-    raise InputError(f"{path}: the model takes {want} channels, got {have} (shape {tuple(batch.shape)})")
+        fix = "pass --grey to convert them" if "--grey" in geometry.options else "convert them to grey first"
+        raise InputError(f"{path}: colour image(s) for a grey (1-channel) model; {fix}")
+    try:
+        check_channels(have, want, tuple(batch.shape))
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    return batch
 
 
 def _as_nchw(array: torch.Tensor, channels: int, path: Path) -> torch.Tensor:
@@ -353,7 +288,7 @@ def _as_nchw(array: torch.Tensor, channels: int, path: Path) -> torch.Tensor:
             return array[None]
         if channels == 1:
             return array[:, None]
-        raise InputError(f"{path}: expected images [N, C, H, W] or [C, H, W], got shape {tuple(array.shape)}")
+        raise InputError(f"{path}: expected images {LAYOUTS}, got shape {tuple(array.shape)}")
     return array
 
 
@@ -363,7 +298,10 @@ def _check_size(h: int, w: int, geometry: Geometry, path: Path, *, picture: bool
         return
     if geometry.pad:
         raise InputError(f"{path}: {h}x{w} is larger than the model's {size}x{size}; cannot pad")
-    hint = " (pass --pad to zero-pad, or --resize to resize and center-crop)" if picture else " (pass --pad or --resize)"
+    fixes = [f for f in ("--pad", "--resize") if f in geometry.options]
+    hint = f" (pass {' or '.join(fixes)})" if fixes else ""
+    if picture and len(fixes) == 2:
+        hint = " (pass --pad to zero-pad, or --resize to resize and center-crop)"
     raise InputError(f"{path}: the model takes {size}x{size} images, got {h}x{w}{hint}")
 
 
@@ -385,26 +323,3 @@ def _fit(batch: torch.Tensor, geometry: Geometry, path: Path, *, picture: bool) 
     top, left = (size - h) // 2, (size - w) // 2
     return F.pad(batch, (left, size - w - left, top, size - h - top))
 
-
-def _check_values(batch: torch.Tensor, path: Path) -> None:
-    """Finite and in [0, 1] (the API's checks, with the file named)."""
-    from mimicfast.api import validate_images
-
-    try:
-        validate_images(batch)
-    except InputError as exc:
-        raise InputError(f"{path}: {exc}") from None
-
-
-# ---------------------------------------------------------------------------------------------- outputs
-
-
-def write_png(image: torch.Tensor, path: Path) -> None:
-    """Write one [C, H, W] image in [0, 1] as an 8-bit PNG, atomically (:func:`write_atomic`)."""
-    import torch
-    from PIL import Image
-
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    array = array[0].numpy() if array.shape[0] == 1 else array.permute(1, 2, 0).numpy()
-    picture = Image.fromarray(array)
-    write_atomic(path, lambda f: picture.save(f, format="PNG"))

@@ -1,11 +1,11 @@
-"""mimicfast.upsample: the mode enum parses what the public ops accept and names F.interpolate's mode."""
+"""mimicfast.upsample_mode: the mode enum parses what the public ops accept and names F.interpolate's mode."""
 
 from __future__ import annotations
 
 import pytest
 
 from mimicfast.errors import InputError
-from mimicfast.upsample import SCALE, UpsampleMode
+from mimicfast.upsample_mode import SCALE, UpsampleMode
 
 
 def test_codes_and_factor():

@@ -1,5 +1,5 @@
-"""The command line's file layer (mimicfast.io): bounded safe reads, header checks before decoding, identity
-checks of outputs against what is read, atomic writes, and a bounded-time fuzz of hostile input files."""
+"""mimicfast.decode: bounded safe reads, header checks before decoding, the accepted layouts, and a bounded-time
+fuzz of hostile input files."""
 
 from __future__ import annotations
 
@@ -16,18 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
-from mimicfast.errors import InputError
-from mimicfast.io import (
+from mimicfast.decode import (
     MAX_PIXELS,
     Geometry,
-    check_outputs,
-    check_writable_dir,
     expand_inputs,
-    fit_name,
     open_input,
     read_inputs,
-    write_atomic,
 )
+from mimicfast.errors import InputError
 
 GREY32 = Geometry(channels=1, size=32)
 RGB32 = Geometry(channels=3, size=32)
@@ -104,8 +100,11 @@ def test_colour_for_a_grey_model_needs_grey_flag(tmp_path) -> None:
     rgb = np.zeros((32, 32, 3), np.uint8)
     rgb[..., 0] = 200
     colour = _png(tmp_path / "colour.png", rgb)
-    with pytest.raises(InputError, match="--grey"):
+    with pytest.raises(InputError, match="pass --grey"):
+        read_inputs([colour], Geometry(1, 32, options=frozenset({"--grey"})))
+    with pytest.raises(InputError, match="convert them to grey first") as caught:  # a command without --grey
         read_inputs([colour], GREY32)
+    assert "--grey" not in str(caught.value)
     x, _ = read_inputs([colour], Geometry(1, 32, grey=True))
     torch.testing.assert_close(x, torch.full((1, 1, 32, 32), 0.299 * 200 / 255))
     grey_as_rgb = _png(tmp_path / "greyish.png", np.full((32, 32, 3), 7, np.uint8))
@@ -192,7 +191,7 @@ def test_pt_batches_requires_grad_meta_sparse(tmp_path) -> None:
     with pytest.raises(InputError, match="sparse"):
         read_inputs([tmp_path / "sparse.pt"], GREY32)
     torch.save({"images": torch.rand(1, 3, 32, 32)}, tmp_path / "colour.pt")
-    with pytest.raises(InputError, match="--grey"):
+    with pytest.raises(InputError, match="grey"):
         read_inputs([tmp_path / "colour.pt"], GREY32)
 
 
@@ -205,63 +204,6 @@ def test_names_that_collide_are_refused(tmp_path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ outputs
-
-
-def test_outputs_are_compared_by_identity(tmp_path) -> None:
-    source = tmp_path / "in.pt"
-    source.write_bytes(b"data")
-    (tmp_path / "out").mkdir()
-    os.link(source, tmp_path / "out" / "hard.pt")
-    (tmp_path / "out" / "soft.pt").symlink_to(source)
-    for out in ("hard.pt", "soft.pt"):
-        with pytest.raises(InputError, match="would overwrite"):
-            check_outputs([tmp_path / "out" / out], [source])
-    with pytest.raises(InputError, match="would overwrite"):
-        check_outputs([tmp_path / "out" / ".." / "in.pt"], [source])
-    check_outputs([tmp_path / "out" / "new.pt"], [source])
-
-
-def test_writable_dir_checks_write_nothing(tmp_path, monkeypatch) -> None:
-    afile = tmp_path / "afile"
-    afile.write_text("x")
-    with pytest.raises(InputError, match="is not a folder"):
-        check_writable_dir(afile / "sub", "--out")
-    check_writable_dir(tmp_path / "new" / "deeper", "--out")
-    assert not (tmp_path / "new").exists()
-
-    class ReadOnly:
-        f_flag = os.ST_RDONLY
-
-    monkeypatch.setattr(os, "access", lambda *a, **k: False)
-    monkeypatch.setattr(os, "statvfs", lambda p: ReadOnly())
-    with pytest.raises(InputError, match="read-only file system"):
-        check_writable_dir(tmp_path / "out", "--out")
-
-
-def test_write_atomic_keeps_the_old_file_on_failure(tmp_path) -> None:
-    target = tmp_path / "chunk.pt"
-    target.write_bytes(b"old")
-
-    def dies_halfway(f) -> None:
-        f.write(b"half")
-        raise OSError(28, "No space left on device")
-
-    with pytest.raises(OSError, match="No space"):
-        write_atomic(target, dies_halfway)
-    assert target.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["chunk.pt"]
-    write_atomic(target, lambda f: f.write(b"new"))
-    assert target.read_bytes() == b"new" and sorted(os.listdir(tmp_path)) == ["chunk.pt"]
-
-
-def test_fit_name_keeps_long_names_unique_and_short() -> None:
-    a, b = "x" * 250 + "a", "x" * 250 + "b"
-    fa, fb = fit_name(a, "_purified.png", 255), fit_name(b, "_purified.png", 255)
-    assert fa != fb and len(fa.encode()) <= 255 and fa.endswith("_purified.png")
-    assert fit_name("cat", "_purified.png", 255) == "cat_purified.png"
-    assert len(fit_name("é" * 200, "_purified.png", 255).encode()) <= 255
-
-
-# ------------------------------------------------------------------------------------------ fuzz
 
 
 def _hostile_files(rng: random.Random, folder: Path, count: int) -> list[Path]:
@@ -326,3 +268,38 @@ def test_npy_with_a_mangled_header_is_an_input_error(tmp_path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(InputError, match="not a .npy array file"):
         read_inputs([path], GREY32)
+
+
+def test_hints_name_only_the_options_the_command_has(tmp_path) -> None:
+    small = _png(tmp_path / "small.png", np.zeros((28, 28), np.uint8))
+    with pytest.raises(InputError) as caught:
+        read_inputs([small], GREY32)
+    assert "--" not in str(caught.value)
+    with pytest.raises(InputError, match=r"\(pass --pad\)"):
+        read_inputs([small], Geometry(1, 32, options=frozenset({"--pad"})))
+
+
+def test_channel_count_is_spelled_right(tmp_path) -> None:
+    batch = _npy(tmp_path / "two.npy", np.zeros((1, 2, 32, 32), np.uint8))
+    with pytest.raises(InputError, match="takes 1 channel, got 2"):
+        read_inputs([batch], GREY32)
+    with pytest.raises(InputError, match="takes 3 channels, got 2"):
+        read_inputs([batch], RGB32)
+
+
+def test_unknown_suffix_lists_what_is_accepted(tmp_path) -> None:
+    odd = tmp_path / "x.gif"
+    odd.write_bytes(b"GIF89a")
+    with pytest.raises(InputError, match=r"\.npy/\.pt/\.pth"):
+        read_inputs([odd], GREY32)
+
+
+def test_one_grey_hw_array_is_one_image_and_sizes_are_kept(tmp_path) -> None:
+    from mimicfast.decode import decode_inputs
+
+    hw = _npy(tmp_path / "one.npy", np.full((28, 28), 255, np.uint8))
+    decoded = decode_inputs([hw], Geometry(1, 32, pad=True))
+    assert decoded.images.shape == (1, 1, 32, 32) and decoded.names == ["one_0000"]
+    assert decoded.sizes == [(28, 28)]
+    assert float(decoded.images[0, 0, 2:30, 2:30].min()) == 1.0 and float(decoded.images.sum()) == 28 * 28
+
