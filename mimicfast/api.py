@@ -4,41 +4,41 @@ Images in user space are in [0, 1]; the diffusion model works in [-1, 1] (``2x -
 starts from pure noise ``x_T ~ N(0, I)`` and runs Algorithm 1 with ``y = x_adv`` as guidance.
 
 Randomness: image i of a call draws all its random numbers (x_T, then one draw per reverse step) from its own
-generator seeded with ``seeds[i]``. ``seed=None`` draws fresh seeds for every call from torch's default
-generator (a deployed stochastic defense; what an EOT attack must face); an integer ``seed`` gives image i the
+generator seeded with ``seeds[i]``. ``seed=None`` draws fresh seeds for every call from the operating system's
+entropy (a deployed stochastic defense; what an EOT attack must face), never from torch's global generator, so
+``torch.manual_seed`` neither replays the defense nor is shifted by it; an integer ``seed`` gives image i the
 seed ``seed + i`` (its position in the batch), so the output is reproducible -- and the defense is deterministic
 with a public key: an attacker who knows the seed can attack the very noise the defense will draw.
 
 Gradients (:mod:`mimicfast.gradients`): ``grad="none"`` (no gradient), ``"bpda"`` (identity backward) or
 ``"full"`` (through every reverse step, ``sign`` smoothed in the backward pass only). The forward output is
 bitwise the same in every mode for the same seeds.
+
+Settings are checked once into a frozen :class:`mimicfast.purify_options.PurifyOptions`; :func:`purify` and
+:class:`Purifier` accept its fields as keywords (or a built ``options`` object).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from mimicfast.errors import InputError, NumericalError
-from mimicfast.gradients import (
-    DEFAULT_TAU,
-    Trajectory,
-    bpda,
-    check_grad_mode,
-    check_requires_grad,
-    full_gradient,
-    reverse_sweep,
-)
-from mimicfast.presets import Preset, get_preset
+from mimicfast.gradients import Trajectory, bpda, check_requires_grad, full_gradient, reverse_sweep
+from mimicfast.presets import Preset
+from mimicfast.purify_options import PurifyOptions, Seed, resolve_device, resolve_preset
 from mimicfast.sampling.ancestral import sample
 from mimicfast.sampling.denoisers import Denoiser, as_denoiser
 from mimicfast.sampling.guidance import MimicGuidance
 from mimicfast.sampling.noise import PerSampleNoise
-from mimicfast.seeding import expand_seeds
+from mimicfast.schedules import start_scale
 from mimicfast.validate import check_images
+
+__all__ = ["PurifyOptions", "Purifier", "purify", "purify_batch", "resolve_device", "resolve_preset", "to_user_space"]
 
 
 def _working_dtype(denoiser: Denoiser) -> torch.dtype:
@@ -51,27 +51,6 @@ def _device_of(denoiser: Denoiser) -> torch.device:
     for p in denoiser.parameters():
         return p.device
     return torch.device("cpu")
-
-
-def resolve_device(device: object) -> torch.device | None:
-    """``device`` as a :class:`torch.device` that can run a purification here (None stays None)."""
-    if device is None:
-        return None
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise InputError(f"device {device!r} is not a device: {exc}") from None
-    if dev.type == "meta":
-        raise InputError("device 'meta' holds no values; purify on 'cpu' or 'cuda'")
-    if dev.type != "cpu":
-        backend = getattr(torch, dev.type, None)
-        available = getattr(backend, "is_available", None)
-        if available is None or not available():
-            raise InputError(f"device {str(dev)!r}: {dev.type} is not available on this machine")
-        count = getattr(backend, "device_count", None)
-        if dev.index is not None and count is not None and dev.index >= count():
-            raise InputError(f"device {str(dev)!r}: this machine has {count()} {dev.type} device(s)")
-    return dev
 
 
 def _on_device(denoiser: Denoiser, device: torch.device) -> Denoiser:
@@ -97,22 +76,6 @@ def _on_device(denoiser: Denoiser, device: torch.device) -> Denoiser:
             f"cannot copy the model to {device} ({exc}); move it yourself (model.to({str(device)!r})) and "
             "leave device=None"
         ) from None
-
-
-def resolve_seeds(seed: int | Sequence[int] | None, batch: int) -> list[int]:
-    """One seed per image: ``None`` -> fresh seeds from torch's default generator (``torch.manual_seed`` makes
-    them reproducible); ``int`` -> ``seed + i`` for image i; a sequence -> one seed per image."""
-    if seed is None:
-        return torch.randint(0, 2**63 - 1, (batch,), dtype=torch.int64).tolist()
-    return expand_seeds(seed, batch)
-
-
-def resolve_preset(preset: str | Preset, steps: int | None, overrides: dict) -> Preset:
-    """The preset with ``steps`` and any other field overrides applied."""
-    p = get_preset(preset)
-    if steps is not None:
-        overrides = {**overrides, "steps": steps}
-    return p.replace(**overrides) if overrides else p
 
 
 def purify_batch(
@@ -142,7 +105,7 @@ def purify_batch(
             if user_callback is not None:
                 user_callback(i, x_next, x0_hat)
 
-    x = noise() * float((1 + sigmas[0] ** 2).sqrt())  # x_T ~ N(0, I) in VP = x_T / sqrt(abar_T) in sigma space
+    x = noise() * start_scale(sigmas[0])
     if trajectory is not None:
         trajectory.xs.append(x)
     return sample(
@@ -160,20 +123,7 @@ def purify_batch(
 
 
 def purify(
-    x: torch.Tensor,
-    model: nn.Module | Callable,
-    *,
-    preset: str | Preset = "paper",
-    steps: int | None = None,
-    seed: int | Sequence[int] | None = 0,
-    grad: str = "none",
-    tau: float = DEFAULT_TAU,
-    batch_size: int | None = None,
-    device: torch.device | str | None = None,
-    progress: bool = False,
-    fast: bool | None = None,
-    autocast: str | None = None,
-    **overrides,
+    x: torch.Tensor, model: nn.Module | Callable, options: PurifyOptions | None = None, **settings: Any
 ) -> torch.Tensor:
     """Purify adversarial images with MimicDiffusion.
 
@@ -181,32 +131,12 @@ def purify(
         x: [B, C, H, W] float images in [0, 1] (the adversarial inputs x_adv), dense, not on the meta device.
         model: a network from :mod:`mimicfast.models` (wrapped with its schedule automatically), a
             :class:`mimicfast.sampling.Denoiser`, or any callable ``D(x, sigma)`` in sigma space.
-        preset: ``"paper"``, ``"released"`` or a :class:`Preset`.
-        steps: number of reverse steps T (default: the preset's).
-        seed: an int (image i gets ``seed + i``, so its result depends on its position in the batch), one seed
-            per image, or None (fresh seeds drawn from torch's default generator on every call). Same seeds,
-            same output. Seeds are integers in [0, 2**64 - 1]; numpy integers are accepted.
-        grad: ``"none"`` (the output has no gradient; an ``x`` that requires grad is refused at once),
-            ``"bpda"`` (backward = identity) or ``"full"`` (backward through every reverse step, ``sign``
-            replaced by ``tanh(u / tau)`` in the backward pass only); see :mod:`mimicfast.gradients`. The
-            forward output is bitwise the same in every mode.
-        tau: temperature of the ``grad="full"`` surrogate (model units; default
-            :data:`mimicfast.gradients.DEFAULT_TAU`).
-        batch_size: images per sampler call (default: all at once on the CPU, as many as fit in free memory
-            on CUDA); never changes the result. With ``grad="full"`` it is also the batch of the backward sweep,
-            which holds one step's double-backward graph per image (15.5 GiB for the ImageNet-256 model, README
-            "Attacking the defense"): set it on a GPU.
-        device: where to run (default: the model's device). The caller's model is never moved: a model on
-            another device is copied there for this call.
-        progress: show a progress bar over the reverse steps.
-        fast: use the fast path (:mod:`mimicfast.fast`: static buffers, CUDA-graph replay on CUDA). Default:
-            on for CUDA, off on the CPU. Without autocast it computes exactly what the eager path computes.
-            ``grad="full"`` always runs the eager path (it records each step's input); on CUDA that forward
-            is slower than the graphed one.
-        autocast: ``"bf16"`` or ``"fp16"`` runs the network in that precision on the fast path (the sampler
-            state, coefficients and residual stay fp32); None keeps the working precision. Not with
-            ``grad="full"``.
-        **overrides: any other :class:`Preset` field, e.g. ``scale=0.5`` or ``window=None``.
+        options: settings built by :meth:`PurifyOptions.build`; or pass them as keywords (``settings``):
+            ``preset`` (``"paper"``, ``"released"`` or a :class:`Preset`), ``steps`` (T), ``seed`` (default 0:
+            image i gets seed i; None: fresh private seeds every call), ``grad`` (``"none"``, ``"bpda"``,
+            ``"full"``), ``tau``, ``batch_size``, ``device``, ``progress``, ``fast``, ``autocast`` and any
+            :class:`Preset` field (e.g. ``scale=0.5``, ``window=None``); each is documented in
+            :meth:`PurifyOptions.build`.
 
     Returns:
         purified images, [B, C, H, W] in [0, 1] (unclamped with ``clamp_output=False``), on x's device and in x's
@@ -216,51 +146,42 @@ def purify(
         InputError: a bad argument or image batch (named in the message).
         NumericalError: the purified images are not finite (e.g. the denoiser returned NaN).
     """
-    tau = check_grad_mode(grad, tau)
-    run_device = resolve_device(device)
+    options = _options(options, settings)
     denoiser = as_denoiser(model)
-    return _purify_images(
-        x,
-        denoiser if run_device is None else _on_device(denoiser, run_device),
-        resolve_preset(preset, steps, overrides),
-        seed,
-        grad=grad,
-        tau=tau,
-        batch_size=batch_size,
-        progress=progress,
-        fast=fast,
-        autocast=autocast,
-        fast_cache={},
-    )
+    if options.device is not None:
+        denoiser = _on_device(denoiser, options.device)
+    return _purify_images(x, denoiser, options, None, fast_cache={})
+
+
+def _options(options: PurifyOptions | None, settings: dict[str, Any]) -> PurifyOptions:
+    if options is None:
+        return PurifyOptions.build(**settings)
+    if not isinstance(options, PurifyOptions):
+        raise InputError(f"options must be a PurifyOptions (or pass settings as keywords), got {type(options).__name__}")
+    if settings:
+        raise InputError(f"pass settings either in options or as keywords, not both (got {', '.join(settings)})")
+    return options
 
 
 def _purify_images(
-    x: torch.Tensor,
-    denoiser: Denoiser,
-    p: Preset,
-    seed: int | Sequence[int] | None,
-    *,
-    grad: str,
-    tau: float,
-    batch_size: int | None,
-    progress: bool,
-    fast: bool | None,
-    autocast: str | None,
-    fast_cache: dict,
+    x: torch.Tensor, denoiser: Denoiser, options: PurifyOptions, seed: Seed, *, fast_cache: dict
 ) -> torch.Tensor:
-    """:func:`purify` after argument resolution, on the denoiser's device; ``fast_cache`` keeps fast purifiers
-    (and their captured CUDA graphs) across calls, keyed by device, dtype and autocast."""
+    """:func:`purify` after argument resolution, on the denoiser's device; ``seed`` (None: the options')
+    overrides the options' seed for this call; ``fast_cache`` keeps fast purifiers (and their captured CUDA
+    graphs) across calls, keyed by device, dtype and autocast."""
+    grad, tau, progress, autocast = options.grad, options.tau, options.progress, options.autocast
+    batch_size = options.batch_size
     x = check_images(x, channels=denoiser.channels, size=denoiser.image_size)
     check_requires_grad(x, grad)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if any(t.is_meta for t in (*denoiser.parameters(), *denoiser.buffers())):
         raise InputError("the model has weights on the meta device (no values); load its weights first")
-    seeds = resolve_seeds(seed, x.shape[0])
+    p = options.resolve_preset(denoiser.image_size)
+    seeds = options.seeds(x.shape[0], seed)
     run_device = _device_of(denoiser)
     dtype = _working_dtype(denoiser)
     needs_grad = grad != "none" and x.requires_grad and torch.is_grad_enabled()
-    use_fast = (run_device.type == "cuda" if fast is None else fast) and not (needs_grad and grad == "full")
+    fast = run_device.type == "cuda" if options.fast is None else options.fast
+    use_fast = fast and not (needs_grad and grad == "full")
     if autocast is not None and not use_fast:
         raise InputError("autocast needs the fast path (fast=True, the default on CUDA; not with grad='full')")
     if use_fast:
@@ -343,59 +264,25 @@ class Purifier(nn.Module):
     directly; ``seed=None`` draws fresh defense randomness on every call (what EOT averages over). With
     ``grad="none"`` an input that requires grad is refused at once. Arguments are those of :func:`purify`;
     the CUDA-graphed fast path serves ``grad="none"`` and ``"bpda"``, while ``grad="full"`` runs the eager
-    path whenever a gradient is needed.
+    path whenever a gradient is needed. ``preset``, ``seed`` and ``grad`` are readable attributes (the preset
+    resolved for the model, T included).
     """
 
-    def __init__(
-        self,
-        model: nn.Module | Callable,
-        *,
-        preset: str | Preset = "paper",
-        steps: int | None = None,
-        seed: int | Sequence[int] | None = 0,
-        grad: str = "none",
-        tau: float = DEFAULT_TAU,
-        batch_size: int | None = None,
-        progress: bool = False,
-        fast: bool | None = None,
-        autocast: str | None = None,
-        **overrides,
-    ) -> None:
+    def __init__(self, model: nn.Module | Callable, options: PurifyOptions | None = None, **settings: Any) -> None:
         super().__init__()
-        self.tau = check_grad_mode(grad, tau)
-        self.grad = grad
-        if seed is not None:  # a bad seed fails here, not at the first call
-            try:
-                count = len(seed)
-            except TypeError:
-                count = 1
-            expand_seeds(seed, count)
-        self.denoiser = as_denoiser(model)
-        self.preset = resolve_preset(preset, steps, overrides)
-        self.seed = seed
-        self.batch_size = batch_size
-        self.progress = progress
-        self.fast = fast
-        self.autocast = autocast
+        self.options = _options(options, settings)
+        denoiser = as_denoiser(model)
+        self.denoiser = denoiser if self.options.device is None else _on_device(denoiser, self.options.device)
+        self.preset = self.options.resolve_preset(self.denoiser.image_size)
+        self.seed = self.options.seed
+        self.grad = self.options.grad
         self._fast_cache: dict = {}  # captured CUDA graphs are reused across forward calls
 
-    def forward(self, x: torch.Tensor, seed: int | Sequence[int] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seed: Seed = None) -> torch.Tensor:
         """Purify ``x`` [B, C, H, W] in [0, 1]; ``seed`` overrides the module's seed for this call (e.g. one EOT
         draw of an attack), reusing the captured CUDA graphs of earlier calls. With neither (module seed None),
-        every call draws fresh seeds from torch's default generator."""
-        return _purify_images(
-            x,
-            self.denoiser,
-            self.preset,
-            self.seed if seed is None else seed,
-            grad=self.grad,
-            tau=self.tau,
-            batch_size=self.batch_size,
-            progress=self.progress,
-            fast=self.fast,
-            autocast=self.autocast,
-            fast_cache=self._fast_cache,
-        )
+        every call draws fresh private seeds (:func:`mimicfast.seeding.private_seeds`)."""
+        return _purify_images(x, self.denoiser, self.options, seed, fast_cache=self._fast_cache)
 
     def extra_repr(self) -> str:
         return f"preset={self.preset.name!r}, steps={self.preset.steps}, seed={self.seed!r}, grad={self.grad!r}"

@@ -188,7 +188,25 @@ def get_preset(preset: str | Preset) -> Preset:
     """Look a preset up by name (``"paper"``, ``"released"``), or pass a :class:`Preset` through."""
     if isinstance(preset, Preset):
         return preset
-    try:
-        return PRESETS[preset]
-    except KeyError:
-        raise InputError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}") from None
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)} or pass a Preset")
+    return PRESETS[preset]
+
+
+#: Largest image side for which the paper preset's default T is :data:`SMALL_MODEL_STEPS`.
+SMALL_MODEL_SIZE = 64
+#: The paper's T for 32x32 and 64x64 models (its CIFAR-10 experiments); larger models take the preset's 1000.
+SMALL_MODEL_STEPS = 100
+
+
+def default_steps(preset: str | Preset, image_size: int | None) -> int:
+    """The number of reverse steps T used when none is given: the one rule of the API and of every command.
+
+    A :class:`Preset` object keeps its own ``steps``. A preset named ``"paper"`` takes the paper's T for the
+    model's resolution: 100 for models up to 64x64, 1000 (the preset's) above or when the size is unknown
+    (a plain callable). ``"released"`` takes its own 100.
+    """
+    p = get_preset(preset)
+    if isinstance(preset, str) and preset == "paper" and image_size is not None and image_size <= SMALL_MODEL_SIZE:
+        return SMALL_MODEL_STEPS
+    return p.steps

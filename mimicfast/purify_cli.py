@@ -1,4 +1,4 @@
-"""``mimicfast purify INPUT... -o OUTDIR --checkpoint PATH``: purify images from files, resumably and safely.
+"""``mimicfast purify INPUT... -o OUTDIR [--checkpoint PATH]``: purify images from files, resumably and safely.
 
 The command runs in two phases. :func:`plan` reads and checks every argument and input file and decides every
 output path, writing nothing; :func:`execute` then purifies in chunks of ``--batch-size`` images, each chunk saved
@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from mimicfast.api import Purifier
     from mimicfast.presets import Preset
     from mimicfast.sampling import Denoiser
 
-__all__ = ["add_parser", "default_steps", "plan", "execute", "run", "PARTIAL"]
+__all__ = ["add_parser", "plan", "execute", "run", "PARTIAL"]
 
 PARTIAL = ".partial"
 # The options of this command that fit an input to the model (named in the hints of errors).
@@ -33,9 +34,10 @@ _CHUNK_FORMAT = 2
 DESCRIPTION = """\
 Purify images with MimicDiffusion and write the results to OUTDIR.
 
-Inputs are pictures (PNG, JPEG, BMP, WebP; 8- or 16-bit), .npy and .pt batches of shape [N, C, H, W] (uint8, or
-float in 0..1), and folders (every picture and batch directly inside). Outputs are one PNG per image,
-NAME_purified.png, and purified.pt holding all images and their names.
+Inputs are pictures (PNG, JPEG, BMP, WebP; 8- or 16-bit), .npy and .pt/.pth batches of shape [N, C, H, W],
+[C, H, W], grey [N, H, W] or one grey [H, W] image (uint8, or float in 0..1), and folders (every picture and
+batch directly inside). Outputs are one PNG per image, NAME_purified.png, and purified.pt holding all images and
+their names. The model is the bundled Fashion-MNIST UNet unless --checkpoint names another.
 
 Nothing is written until every argument and every input has been read and checked; no output ever replaces a
 file the command reads (inputs, checkpoint, config; compared by file identity, so links count). Finished chunks
@@ -55,7 +57,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="pictures, .npy/.pt batches or folders")
     p.add_argument("-o", "--out", required=True, type=Path, metavar="OUTDIR", help="output folder")
-    p.add_argument("--checkpoint", required=True, type=Path, help="diffusion model file (or diffusers folder)")
+    p.add_argument(
+        "--checkpoint", type=Path, default=None,
+        help="diffusion model file (or diffusers folder); default: the bundled Fashion-MNIST model (32x32 grey)",
+    )
     p.add_argument(
         "--config", default=None,
         help="model config: a name such as imagenet256-uncond, or a .json file (default: found automatically)",
@@ -66,8 +71,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--steps", type=int, default=None,
-        help="reverse steps T; default: the paper's T for the model's size with --preset paper (100 for 32x32 "
-             "and 64x64 models, 1000 for larger ones), 100 with --preset released",
+        help="reverse steps T; default: the paper's T for the model's size with --preset paper (100 for models "
+             "up to 64x64, 1000 for larger ones), 100 with --preset released",
     )
     p.add_argument("--seed", type=int, default=0, help="image number i uses seed SEED + i (default: 0)")
     p.add_argument("--device", default="cpu", help="where to run: cpu, cuda or cuda:N (default: cpu)")
@@ -78,21 +83,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     fit = p.add_mutually_exclusive_group()
     fit.add_argument("--resize", action="store_true", help="resize and center-crop inputs to the model's size")
-    fit.add_argument("--pad", action="store_true", help="zero-pad smaller inputs to the model's size (28x28 -> 32x32)")
+    fit.add_argument(
+        "--pad", action="store_true",
+        help="zero-pad smaller inputs to the model's size (28x28 -> 32x32); outputs are cropped back (see --crop)",
+    )
+    p.add_argument(
+        "--crop", action=argparse.BooleanOptionalAction, default=True,
+        help="with --pad, crop each output back to its input's size, 28x28 in -> 28x28 out (default: on; "
+             "--no-crop keeps the model's size)",
+    )
     p.add_argument("--grey", action="store_true", help="convert colour inputs to grey for a 1-channel model")
     p.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None,
         help="show progress bars (default: on when stderr is a terminal)",
     )
     p.set_defaults(func=run)
-
-
-def default_steps(preset: str, image_size: int | None) -> int | None:
-    """The paper's T for a model of ``image_size`` with the ``paper`` preset (100 up to 64x64, 1000 above, as in
-    the paper's experiments); None (the preset's own) for other presets or a model of unknown size."""
-    if preset != "paper" or image_size is None:
-        return None
-    return 100 if image_size <= 64 else 1000
 
 
 @dataclass
@@ -107,8 +112,8 @@ class Plan:
     seeds: list[int]
     outputs: list[Path]  # one PNG per image
     chunks: list[tuple[int, int, Path, str]]  # (start, stop, file, key)
-    batch_size: int
-    autocast: str | None
+    purifier: Purifier
+    boxes: list[tuple[int, int, int, int]] | None  # (top, left, height, width) of each input in its padded image
     progress: bool
 
 
@@ -118,35 +123,37 @@ def plan(args: argparse.Namespace) -> Plan:
     Raises InputError / CheckpointError (bad argument, input, checkpoint; an output that would replace a file
     the command reads; an output folder that cannot be written) or OSError (unreadable file).
     """
-    from mimicfast.api import resolve_device, resolve_preset
-    from mimicfast.decode import Geometry, expand_inputs, read_inputs
+    from mimicfast.api import Purifier
+    from mimicfast.decode import Geometry, decode_inputs, expand_inputs
+    from mimicfast.default import UNET_PATH
     from mimicfast.errors import InputError
     from mimicfast.models import load
     from mimicfast.outputs import check_outputs, check_writable_dir, files_read_by_load, fit_name, name_max
-    from mimicfast.presets import get_preset
+    from mimicfast.progress import show_progress
+    from mimicfast.purify_options import resolve_device, resolve_preset
     from mimicfast.sampling import as_denoiser
     from mimicfast.seeding import expand_seeds
+    from mimicfast.validate import check_count
 
     # Arguments first: they are cheap to check and need no file.
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_count(args.batch_size, "--batch-size")
     device = resolve_device(args.device)
-    get_preset(args.preset)
-    if args.steps is not None:
-        resolve_preset(args.preset, args.steps, {})
+    resolve_preset(args.preset, args.steps, {})
     check_writable_dir(args.out, "--out")
     partial = args.out / PARTIAL
     if partial.exists() and not partial.is_dir():
         raise InputError(f"{partial} exists and is not a folder")
 
     inputs = expand_inputs(args.inputs)
-    model = load(args.checkpoint, args.config)
+    checkpoint = UNET_PATH if args.checkpoint is None else args.checkpoint  # found from the package, not the cwd
+    model = load(checkpoint, args.config)
     denoiser = as_denoiser(model)
-    steps = args.steps if args.steps is not None else default_steps(args.preset, denoiser.image_size)
-    preset = resolve_preset(args.preset, steps, {})
+    preset = resolve_preset(args.preset, args.steps, {}, denoiser.image_size)
     geometry = Geometry(denoiser.channels or 3, denoiser.image_size, args.resize, args.pad, args.grey, FIT_OPTIONS)
-    images, names = read_inputs(inputs, geometry)
+    decoded = decode_inputs(inputs, geometry)
+    images, names = decoded.images, decoded.names
     seeds = expand_seeds(args.seed, len(names))
+    boxes = _boxes(decoded.sizes, images.shape[-1]) if args.pad and args.crop else None
 
     limit = name_max(args.out)
     outputs = [args.out / fit_name(name, "_purified.png", limit) for name in names]
@@ -156,48 +163,74 @@ def plan(args: argparse.Namespace) -> Plan:
         stop = min(start + args.batch_size, len(names))
         key = _chunk_key(model_digest, preset, seeds[start], images[start:stop], args.autocast, device)
         chunks.append((start, stop, partial / f"{key}.pt", key))
-    reads = [*inputs, *files_read_by_load(args.checkpoint, args.config)]
+    reads = [*inputs, *files_read_by_load(checkpoint, args.config)]
     check_outputs([*outputs, args.out / "purified.pt", *(c[2] for c in chunks)], reads)
 
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    return Plan(args.out, denoiser.to(device), preset, images, names, seeds, outputs, chunks, args.batch_size,
-                args.autocast, progress)
+    progress = show_progress(args.progress)
+    # One Purifier for all chunks: on CUDA its captured graphs and measured memory serve every chunk. Built here,
+    # so that a setting it refuses fails before anything is written.
+    fast = True if args.autocast else None  # autocast lives on the fast path, which the CPU runs without graphs
+    purifier = Purifier(denoiser.to(device), preset=preset, progress=progress, fast=fast, autocast=args.autocast)
+    return Plan(args.out, denoiser, preset, images, names, seeds, outputs, chunks, purifier, boxes, progress)
+
+
+def _boxes(sizes: list[tuple[int, int]], size: int) -> list[tuple[int, int, int, int]]:
+    """Where each input lies in its zero-padded image (``decode`` centres it): (top, left, height, width)."""
+    return [((size - h) // 2, (size - w) // 2, h, w) for h, w in sizes]
 
 
 def execute(job: Plan) -> None:
     """Purify chunk by chunk (reusing checked finished chunks), write the PNGs and purified.pt, then remove the
-    chunk files this run used (never any other file) and ``.partial/`` itself if that leaves it empty."""
-    import torch
-    from tqdm.auto import tqdm
+    chunk files this run used (never any other file) and ``.partial/`` itself if that leaves it empty.
 
-    from mimicfast.api import Purifier
+    ``.partial/`` is created only when the first chunk is saved, so a run that fails on its first chunk (e.g. a
+    model that returns the wrong shape) leaves no trace."""
     from mimicfast.atomic import save_torch
     from mimicfast.outputs import write_png
+    from mimicfast.progress import progress_bar
 
     partial = job.out / PARTIAL
-    partial.mkdir(parents=True, exist_ok=True)
-    # One Purifier for all chunks: on CUDA its captured graphs and measured memory serve every chunk.
-    fast = True if job.autocast else None  # autocast lives on the fast path, which the CPU runs without graphs
-    purifier = Purifier(job.denoiser, preset=job.preset, progress=job.progress, fast=fast, autocast=job.autocast)
     results = []
-    for start, stop, chunk_file, key in tqdm(job.chunks, desc="chunks", unit="chunk", disable=not job.progress):
+    for start, stop, chunk_file, key in progress_bar(job.chunks, progress=job.progress, desc="chunks", unit="chunk"):
         shape = (stop - start, *job.images.shape[1:])
         out, problem = _load_chunk(chunk_file, key, shape)
         if out is None:
             if problem is not None:
                 print(f"mimicfast: recomputing {chunk_file.name} ({problem})", file=sys.stderr)
-            out = purifier(job.images[start:stop], seed=job.seeds[start:stop]).detach().cpu().float()
+            out = job.purifier(job.images[start:stop], seed=job.seeds[start:stop]).detach().cpu().float()
+            partial.mkdir(parents=True, exist_ok=True)
             save_torch({"format": _CHUNK_FORMAT, "key": key, "images": out}, chunk_file)
-        for image, path in zip(out, job.outputs[start:stop], strict=True):
+        boxes = [None] * len(out) if job.boxes is None else job.boxes[start:stop]
+        images = [_crop(o, b) for o, b in zip(out, boxes, strict=True)]
+        for image, path in zip(images, job.outputs[start:stop], strict=True):
             write_png(image, path)
-        results.append(out)
-    save_torch({"images": torch.cat(results), "names": job.names}, job.out / "purified.pt")
+        results.extend(images)
+    save_torch({"images": _stack(results), "names": job.names}, job.out / "purified.pt")
     for _, _, chunk_file, _ in job.chunks:
         chunk_file.unlink(missing_ok=True)
     try:
         partial.rmdir()
+    except FileNotFoundError:
+        pass
     except OSError:
         print(f"mimicfast: kept {partial}: it holds files this run did not write", file=sys.stderr)
+
+
+def _crop(image: torch.Tensor, box: tuple[int, int, int, int] | None) -> torch.Tensor:
+    """``image`` [C, S, S] cut to ``box`` (None: the whole image)."""
+    if box is None:
+        return image
+    top, left, h, w = box
+    return image[:, top : top + h, left : left + w].contiguous()
+
+
+def _stack(images: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """One [N, C, H, W] tensor, or a list of [C, H, W] tensors when cropping left images of different sizes."""
+    import torch
+
+    if len({tuple(i.shape) for i in images}) == 1:
+        return torch.stack(images)
+    return images
 
 
 def run(args: argparse.Namespace) -> int:

@@ -38,6 +38,17 @@ def sigmas_from_alphas_cumprod(abar: torch.Tensor) -> torch.Tensor:
     return ((1.0 - abar) / abar).sqrt()
 
 
+def alpha_bar(sigma: torch.Tensor) -> torch.Tensor:
+    """``abar = 1 / (1 + sigma**2)``, the inverse of :func:`sigmas_from_alphas_cumprod`."""
+    return 1 / (1 + sigma**2)
+
+
+def start_scale(sigma_max: torch.Tensor) -> float:
+    """``1 / sqrt(abar_T) = sqrt(1 + sigma_max**2)``: x_T ~ N(0, I) in VP coordinates is ``x_T * start_scale``
+    in sigma space (x~ = x_t / sqrt(abar_t)), the sampler's start."""
+    return float((1 + sigma_max**2).sqrt())
+
+
 def space_timesteps(
     steps: int, spacing: Literal["uniform", "released"] = "uniform", num_train: int = NUM_TRAIN_TIMESTEPS
 ) -> list[int]:

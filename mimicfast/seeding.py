@@ -3,6 +3,9 @@
 * **Image i uses ``seed + i``.** :func:`expand_seeds` turns ``seed: int`` for a batch into one seed per image
   (``seed, seed + 1, ...``) or checks a sequence of per-image seeds; ``purify``, the attacks and the evaluator all
   mean this by ``seed``.
+* **No seed is private randomness.** :func:`private_seeds` draws seeds from the operating system's entropy
+  (``secrets``), for a defense that must stay unpredictable: it neither reads nor advances torch's or numpy's
+  global generators, so ``torch.manual_seed(k)`` cannot replay it and it never shifts a caller's stream.
 * **One derivation scheme.** :func:`derive_seed` mixes a seed with a stream (a tuple of non-negative integers:
   a purpose code, an image index, a counter...) through numpy's ``SeedSequence`` (a hash designed for this) into a
   64-bit seed; :func:`generator` is a CPU ``torch.Generator`` seeded with it. Different streams give independent,
@@ -12,6 +15,7 @@
 from __future__ import annotations
 
 import numbers
+import secrets
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -19,7 +23,7 @@ import torch
 
 from mimicfast.errors import InputError
 
-__all__ = ["SEED_MAX", "check_seed", "derive_seed", "expand_seeds", "generator"]
+__all__ = ["SEED_MAX", "check_seed", "derive_seed", "expand_seeds", "generator", "private_seeds"]
 
 SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
 
@@ -51,6 +55,11 @@ def expand_seeds(seed: int | Sequence[int], batch: int) -> list[int]:
     if len(seeds) != batch:
         raise InputError(f"got {len(seeds)} seeds for a batch of {batch}")
     return seeds
+
+
+def private_seeds(count: int) -> list[int]:
+    """``count`` seeds in [0, 2**64 - 1] from the operating system's entropy (never from a global generator)."""
+    return [secrets.randbits(64) for _ in range(count)]
 
 
 def derive_seed(seed: int, *stream: int) -> int:

@@ -130,16 +130,30 @@ def test_fast_path_on_cpu_equals_eager(net, x, preset) -> None:
         mimicfast.purify(x, net, fast=False, autocast="bf16", **kw)
 
 
-def test_seed_none_draws_fresh_defense_randomness_from_torchs_generator(net, x) -> None:
+def test_seed_none_draws_private_defense_randomness(net, x) -> None:
+    """seed=None: fresh draws on every call from the OS, so torch.manual_seed cannot replay the defense."""
     purifier = mimicfast.Purifier(net, seed=None, **KW)
     torch.manual_seed(11)
     a, b = purifier(x), purifier(x)
     assert not torch.equal(a, b)  # a new draw on every call
     torch.manual_seed(11)
-    torch.testing.assert_close(purifier(x), a, rtol=0, atol=0)  # torch.manual_seed reproduces a run
-    torch.testing.assert_close(purifier(x, seed=3), mimicfast.purify(x, net, seed=3, **KW), rtol=0, atol=0)
+    assert not torch.equal(purifier(x), a)  # the global seed does not replay the defense
     torch.manual_seed(11)
-    torch.testing.assert_close(mimicfast.purify(x, net, seed=None, **KW), a, rtol=0, atol=0)
+    assert not torch.equal(mimicfast.purify(x, net, seed=None, **KW), a)
+    torch.testing.assert_close(purifier(x, seed=3), mimicfast.purify(x, net, seed=3, **KW), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("call", ["purifier", "purify"])
+def test_seed_none_neither_reads_nor_advances_torchs_generator(net, x, call) -> None:
+    """A defense call with seed=None leaves the caller's random stream exactly where it was."""
+    purifier = mimicfast.Purifier(net, seed=None, **KW)
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    purifier(x) if call == "purifier" else mimicfast.purify(x, net, seed=None, **KW)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(torch.rand(4), expected)
 
 
 def test_numpy_integer_seed_is_accepted(net, x) -> None:
@@ -247,3 +261,62 @@ def test_released_unclamped_output_is_the_clamped_one_before_its_clamp(net, x) -
 def test_clamp_output_must_be_a_bool(net, x) -> None:
     with pytest.raises(InputError, match="clamp_output"):
         mimicfast.purify(x, net, preset="released", steps=2, clamp_output="no")
+
+
+@pytest.mark.parametrize("preset", [["paper"], {"name": "paper"}, 3, None, "Paper"])
+def test_a_preset_that_is_no_name_or_preset_is_an_input_error(net, x, preset) -> None:
+    with pytest.raises(InputError, match="unknown preset"):
+        mimicfast.purify(x, net, preset=preset, steps=2)
+    with pytest.raises(InputError, match="unknown preset"):
+        mimicfast.Purifier(net, preset=preset)
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [(lambda x, sigma: "not a tensor", r"denoiser's output must be a tensor .* got str"),
+     (lambda x, sigma: x[:, :1], r"denoiser's output has shape \(4, 1, 8, 8\), expected \(4, 3, 8, 8\)"),
+     (lambda x, sigma: x.flatten(), r"denoiser's output has shape \(768,\)"),
+     (lambda x, sigma: x[:, :, :4], "denoiser's output has shape")],
+)  # fmt: skip
+def test_a_model_returning_the_wrong_thing_is_an_input_error(x, model, match) -> None:
+    with pytest.raises(InputError, match=match):
+        mimicfast.purify(x, model, preset="released", steps=2)
+
+
+def test_default_steps_are_one_rule_for_the_api_and_the_commands(net) -> None:
+    """steps=None: the paper preset takes T = 100 for a small model and 1000 for one of unknown size; a Preset
+    object keeps its own T; the released preset its 100."""
+    from mimicfast.presets import PAPER, default_steps
+    from mimicfast.sampling import as_denoiser
+
+    class Sized(torch.nn.Module):
+        image_size, channels = 32, 3
+
+        def forward(self, x, sigma):
+            return x
+
+    assert mimicfast.Purifier(Sized()).preset.steps == default_steps("paper", 32) == 100
+    assert mimicfast.Purifier(lambda x, s: x).preset.steps == default_steps("paper", None) == 1000
+    assert default_steps("paper", 256) == 1000 and default_steps("released", 32) == 100
+    assert mimicfast.Purifier(Sized(), preset=PAPER).preset.steps == PAPER.steps == 1000
+    assert mimicfast.Purifier(Sized(), steps=7).preset.steps == 7
+    assert as_denoiser(Sized()).image_size == 32
+
+
+def test_options_object_and_keywords_are_one_api(net, x) -> None:
+    from mimicfast.api import PurifyOptions
+
+    options = PurifyOptions.build(seed=4, **KW)
+    torch.testing.assert_close(mimicfast.purify(x, net, options), mimicfast.purify(x, net, seed=4, **KW), rtol=0, atol=0)
+    torch.testing.assert_close(mimicfast.Purifier(net, options)(x), mimicfast.purify(x, net, options), rtol=0, atol=0)
+    with pytest.raises(InputError, match="not both"):
+        mimicfast.purify(x, net, options, seed=1)
+    with pytest.raises(InputError, match="PurifyOptions"):
+        mimicfast.purify(x, net, {"seed": 1})
+    with pytest.raises(AttributeError):
+        options.seed = 5  # frozen
+    for bad, match in ((dict(batch_size=0), "batch_size"), (dict(batch_size=True), "batch_size"),
+                       (dict(progress="yes"), "progress"), (dict(autocast="int8"), "autocast"),
+                       (dict(fast=1), "fast"), (dict(grad="exact"), "grad")):  # fmt: skip
+        with pytest.raises(InputError, match=match):
+            PurifyOptions.build(**bad)

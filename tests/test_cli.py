@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mimicfast.cli import main
 
@@ -122,7 +123,14 @@ def test_pad_small_images(checkpoint, images_dir, tmp_path, capsys) -> None:
     assert "--pad" in capsys.readouterr().err
     assert not out.exists()
     assert main(["purify", str(small), "-o", str(out), "--checkpoint", str(checkpoint), "--pad", *ARGS]) == 0
-    assert torch.load(out / "purified.pt", weights_only=True)["images"].shape == (1, 3, 32, 32)
+    assert torch.load(out / "purified.pt", weights_only=True)["images"].shape == (1, 3, 28, 28)  # cropped back
+    assert Image.open(out / "fashionMNIST_00_9_purified.png").size == (28, 28)
+    kept = tmp_path / "kept"
+    assert main(["purify", str(small), "-o", str(kept), "--checkpoint", str(checkpoint), "--pad", "--no-crop",
+                 *ARGS]) == 0
+    assert torch.load(kept / "purified.pt", weights_only=True)["images"].shape == (1, 3, 32, 32)
+    padded = torch.load(kept / "purified.pt", weights_only=True)["images"][..., 2:30, 2:30]
+    torch.testing.assert_close(torch.load(out / "purified.pt", weights_only=True)["images"], padded)
 
 
 def test_never_overwrites_an_input(checkpoint, image, capsys) -> None:
@@ -294,15 +302,66 @@ def test_long_name_folder_input_and_singular_summary(checkpoint, images_dir, tmp
 
 def test_default_steps_follow_the_paper_per_resolution(checkpoint, image, tmp_path) -> None:
     from mimicfast.cli import build_parser
-    from mimicfast.purify_cli import default_steps, plan
+    from mimicfast.purify_cli import plan
 
-    assert [default_steps("paper", s) for s in (28, 32, 64, 256)] == [100, 100, 100, 1000]
-    assert default_steps("released", 32) is None and default_steps("paper", None) is None
     args = build_parser().parse_args(
         ["purify", str(image), "-o", str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--config", "gd-small-test"]
     )
     assert plan(args).preset.steps == 100
     assert not (tmp_path / "out").exists()  # planning writes nothing
+
+
+def test_checkpoint_defaults_to_the_bundled_model_from_any_folder(tmp_path, monkeypatch) -> None:
+    """Without --checkpoint the bundled model is found from the package, wherever the command runs."""
+    from mimicfast.cli import build_parser
+    from mimicfast.default import UNET_PATH
+    from mimicfast.purify_cli import plan
+
+    picture = tmp_path / "grey.png"
+    Image.fromarray(np.full((28, 28), 128, np.uint8)).save(picture)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    job = plan(build_parser().parse_args(["purify", str(picture), "-o", "out", "--pad"]))
+    assert job.preset.steps == 100 and job.images.shape == (1, 1, 32, 32)
+    assert UNET_PATH.is_absolute() and not (elsewhere / "out").exists()
+
+
+def test_help_lists_every_accepted_layout(capsys) -> None:
+    from mimicfast.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["purify", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for layout in ("[N, C, H, W]", "[C, H, W]", "[N, H, W]", "[H, W]"):
+        assert layout in text
+    assert "--crop" in text and "bundled" in text
+
+
+def test_one_grey_hw_npy_is_one_image(tmp_path, capsys) -> None:
+    hw = tmp_path / "one.npy"
+    np.save(hw, np.full((28, 28), 0.5, np.float32))
+    assert _purify(hw, "-o", tmp_path / "out", "--pad", "--steps", "2") == 0
+    assert "wrote 1 purified image" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["one_0000_purified.png", "purified.pt"]
+
+
+def test_a_model_that_fails_on_its_first_chunk_writes_nothing(tmp_path, monkeypatch, capsys) -> None:
+    """A model returning the wrong shape fails with one line naming the denoiser's output; no OUTDIR/.partial."""
+    import mimicfast.sampling.denoisers as denoisers
+
+    picture = tmp_path / "grey.png"
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(picture)
+    real = denoisers.EpsTimestepDenoiser.__init__
+
+    def broken_model(self, model, betas=None):
+        real(self, model, betas)
+        self.model.forward = lambda x, t: x[:, :, :8]
+
+    monkeypatch.setattr(denoisers.EpsTimestepDenoiser, "__init__", broken_model)
+    assert _purify(picture, "-o", tmp_path / "out", "--steps", "2") == 2
+    assert "denoiser's output" in _one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
 
 
 def test_colour_input_for_a_grey_model_needs_grey(tmp_path, capsys) -> None:
@@ -317,7 +376,7 @@ def test_colour_input_for_a_grey_model_needs_grey(tmp_path, capsys) -> None:
     Image.fromarray(rgb).save(picture)
     argv = [picture, "--checkpoint", unet, "--steps", "2"]
     assert _purify(*argv, "-o", tmp_path / "out") == 2
-    assert "--grey" in _one_line_error(capsys)
+    assert "pass --grey" in _one_line_error(capsys)
     assert _purify(*argv, "-o", tmp_path / "out", "--grey") == 0
 
 

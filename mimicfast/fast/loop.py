@@ -31,6 +31,7 @@ from mimicfast.sampling.denoisers import Denoiser
 from mimicfast.sampling.guidance import MimicGuidance
 from mimicfast.sampling.noise import PerSampleNoise
 from mimicfast.sampling.step import StepCoefficients, reverse_step, uses_learned_variance
+from mimicfast.schedules import start_scale
 
 
 class FastLoop:
@@ -77,7 +78,7 @@ class FastLoop:
         self.dtype = dtype
         sigmas = denoiser.sigmas(preset.steps, preset.spacing)
         self.steps = len(sigmas) - 1
-        self.start_scale = float((1 + sigmas[0] ** 2).sqrt())  # x_T ~ N(0, I) in VP coordinates
+        self.start_scale = start_scale(sigmas[0])
         self.learned = uses_learned_variance(denoiser, preset.learned_variance, preset.eta)
         self.x = torch.zeros(self.shape, device=self.device, dtype=dtype)
         self.y = torch.zeros(self.shape, device=self.device, dtype=dtype)

@@ -34,6 +34,7 @@ from mimicfast.fast.precision import apply_policy
 from mimicfast.presets import Preset
 from mimicfast.sampling.denoisers import Denoiser
 from mimicfast.sampling.step import denoise, uses_learned_variance
+from mimicfast.validate import check_count
 
 # Tensors of the batch's shape alive at a step's peak besides the network's activations: x, y, x0, the
 # residual, J^T r, the noise, the update's temporaries (CPU estimate only; CUDA measures).
@@ -62,8 +63,8 @@ def batch_from_budget(
     """
     if not 0 < safety <= 1:
         raise InputError(f"safety must be in (0, 1], got {safety}")
-    if max_batch is not None and max_batch < 1:
-        raise InputError(f"max_batch must be >= 1, got {max_batch}")
+    if max_batch is not None:
+        check_count(max_batch, "max_batch")
     usable = safety * budget_bytes - footprint.fixed_bytes
     per_image = max(footprint.per_image_bytes, 1)
     batch = max(1, math.floor(usable / per_image))

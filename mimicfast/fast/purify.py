@@ -20,6 +20,8 @@ from mimicfast.fast.memory import auto_batch_size
 from mimicfast.fast.precision import apply_policy, resolve_autocast
 from mimicfast.presets import Preset
 from mimicfast.sampling.denoisers import Denoiser
+from mimicfast.seeding import expand_seeds
+from mimicfast.validate import check_count
 
 
 class FastPurifier:
@@ -58,10 +60,7 @@ class FastPurifier:
         max_cached: int = 2,
         input_only_vjp: bool | None = None,
     ) -> None:
-        if chunk < 1:
-            raise InputError(f"chunk must be >= 1, got {chunk}")
-        if max_cached < 1:
-            raise InputError(f"max_cached must be >= 1, got {max_cached}")
+        chunk, max_cached = check_count(chunk, "chunk"), check_count(max_cached, "max_cached")
         self.preset = preset
         self.autocast = resolve_autocast(autocast)
         self.denoiser = apply_policy(denoiser, autocast=self.autocast, channels_last=channels_last, compile=compile)
@@ -152,10 +151,7 @@ class FastPurifier:
             raise InputError(f"the sampler state must be float32 or float64, got {y.dtype}")
         if self.autocast is not None and y.dtype == torch.float64:
             raise InputError("autocast to a 16-bit dtype with a float64 state: use float32 data or autocast=None")
-        seeds = [int(s) for s in seeds]
-        if len(seeds) != y.shape[0]:
-            raise InputError(f"got {len(seeds)} seeds for a batch of {y.shape[0]}")
-        return seeds
+        return expand_seeds(list(seeds), y.shape[0])
 
     def clear(self) -> None:
         """Drop every cached state and graph (their memory returns to the allocator)."""

@@ -63,6 +63,21 @@ def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (x.dim() - 1)))
 
 
+def _checked_output(out: object, x: torch.Tensor, channels: int, *, exact: bool) -> torch.Tensor:
+    """The network's output if it is a tensor [B, channels, H, W] for ``x`` [B, C, H, W] (at least ``channels``
+    unless ``exact``); else InputError naming it, so a user callable returning the wrong thing fails here with
+    a clear message instead of deep inside the sampler."""
+    if not isinstance(out, torch.Tensor):
+        raise InputError(
+            f"the denoiser's output must be a tensor shaped like its input {tuple(x.shape)}, got {type(out).__name__}"
+        )
+    same_layout = out.dim() == x.dim() and out.shape[0] == x.shape[0] and out.shape[2:] == x.shape[2:]
+    if not same_layout or (out.shape[1] != channels if exact else out.shape[1] < channels):
+        want = (x.shape[0], channels, *x.shape[2:])
+        raise InputError(f"the denoiser's output has shape {tuple(out.shape)}, expected {want}")
+    return out
+
+
 class EpsTimestepDenoiser(Denoiser):
     """Wraps an eps-prediction network trained on a discrete schedule (guided-diffusion ``UNetModel``).
 
@@ -96,8 +111,9 @@ class EpsTimestepDenoiser(Denoiser):
     def denoise_with_variance(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         sigma = _per_sample(sigma, x)
         c_in = _bcast((1 + sigma**2).rsqrt(), x)
-        out = self.model(x * c_in, self.sigma_to_t(sigma)).to(x.dtype)
         c = x.shape[1]
+        out = self.model(x * c_in, self.sigma_to_t(sigma))
+        out = _checked_output(out, x, 2 * c if self.learned_variance else c, exact=False).to(x.dtype)
         eps = out[:, :c]
         v = out[:, c : 2 * c] if self.learned_variance else None
         return x - _bcast(sigma, x) * eps, v
@@ -116,7 +132,7 @@ class SigmaDenoiser(Denoiser):
         self.channels = getattr(model, "img_channels", getattr(model, "channels", None))
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return self.model(x, _per_sample(sigma, x)).to(x.dtype)
+        return _checked_output(self.model(x, _per_sample(sigma, x)), x, x.shape[1], exact=True).to(x.dtype)
 
 
 def as_denoiser(model: nn.Module | Callable, betas: torch.Tensor | None = None) -> Denoiser:

@@ -21,7 +21,7 @@ import torch
 
 from mimicfast.ops import bicubic_up4, bicubic_up4_adjoint, l1_residual
 from mimicfast.presets import Preset
-from mimicfast.schedules import window_mask
+from mimicfast.schedules import alpha_bar, window_mask
 from mimicfast.upsample_mode import SCALE, UpsampleMode
 
 
@@ -78,7 +78,7 @@ class MimicGuidance:
         self.jacobian = preset.jacobian
         self.active = window_mask(len(sigmas) - 1, preset.window)
         s = sigmas.to(torch.float64)
-        abar, abar_next = 1 / (1 + s[:-1] ** 2), 1 / (1 + s[1:] ** 2)
+        abar, abar_next = alpha_bar(s[:-1]), alpha_bar(s[1:])
         coef = guidance_factor(abar, preset) / (abar.sqrt() * abar_next.sqrt())
         self.coef = coef.to(device=y.device, dtype=y.dtype)
         self.long_w, self.short_w = term_weights(preset, y.shape[-2], y.shape[-1])

@@ -27,6 +27,7 @@ from typing import Literal, Protocol
 import torch
 
 from mimicfast.sampling.denoisers import Denoiser
+from mimicfast.schedules import alpha_bar
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class StepCoefficients:
         cur, nxt = s[:-1], s[1:]
         sigma_up = torch.minimum(nxt, eta * (nxt**2 * (cur**2 - nxt**2) / cur**2).clamp(min=0).sqrt())
         sigma_down = (nxt**2 - sigma_up**2).clamp(min=0).sqrt()
-        abar, abar_next = 1 / (1 + cur**2), 1 / (1 + nxt**2)
+        abar, abar_next = alpha_bar(cur), alpha_bar(nxt)
         beta = 1 - abar / abar_next
         posterior_var = beta * (1 - abar_next) / (1 - abar)
         tiny = torch.finfo(torch.float64).tiny  # the last step adds no noise; keep its logs finite
