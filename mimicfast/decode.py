@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from mimicfast.errors import CheckpointError, InputError
 from mimicfast.safe_read import BoundedReader, open_regular
-from mimicfast.validate import check_channels, check_images
+from mimicfast.validate import check_channels, check_dense, check_images
 
 if TYPE_CHECKING:
     import torch
@@ -201,11 +201,10 @@ def _read_batch(path: Path) -> torch.Tensor:
         tensor = obj.get("images") if isinstance(obj, dict) else obj
         if not isinstance(tensor, torch.Tensor):
             raise InputError(f"{path}: expected a tensor (or a dict with 'images'), got {type(obj).__name__}")
-        if tensor.layout != torch.strided:
-            raise InputError(f"{path}: holds a {tensor.layout} tensor; store dense images")
-        if tensor.is_meta:
-            raise InputError(f"{path}: holds a meta tensor (no values)")
-        tensor = tensor.detach()
+        try:
+            tensor = check_dense(tensor, "the stored tensor").detach()
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
     if tensor.dtype != torch.uint8 and not tensor.is_floating_point():
         raise InputError(f"{path}: expected uint8 or float images, got dtype {tensor.dtype}")
     if not 2 <= tensor.dim() <= 4:

@@ -28,12 +28,7 @@ def check_images(
 ) -> torch.Tensor:
     """A batch of images: a dense float tensor ``[B, C, H, W]``, B > 0, finite, in [0, 1]; with ``channels``
     and ``size`` (None: any), C must equal ``channels`` and H x W must be ``size`` x ``size``. Returns ``x``."""
-    if not isinstance(x, torch.Tensor):
-        raise InputError(f"expected a torch.Tensor of images, got {type(x).__name__}")
-    if x.layout != torch.strided:
-        raise InputError(f"expected a dense (strided) tensor of images, got layout {x.layout}; use {name}.to_dense()")
-    if x.is_meta:
-        raise InputError(f"{name} is on the meta device and holds no values; pass images on 'cpu' or 'cuda'")
+    check_dense(x, name)
     if x.dim() != 4:
         raise InputError(f"expected images of shape [B, C, H, W] (rank 4), got rank {x.dim()} {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -49,6 +44,17 @@ def check_images(
     lo, hi = float(values.min()), float(values.max())
     if lo < 0.0 or hi > 1.0:
         raise InputError(f"image values must be in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
+    return x
+
+
+def check_dense(x: object, name: str = "x") -> torch.Tensor:
+    """A tensor with values: dense (strided) and not on the meta device."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"expected a torch.Tensor of images, got {type(x).__name__}")
+    if x.layout != torch.strided:
+        raise InputError(f"expected a dense (strided) tensor of images, got layout {x.layout}; use .to_dense()")
+    if x.is_meta:
+        raise InputError(f"{name} is on the meta device and holds no values; pass images on 'cpu' or 'cuda'")
     return x
 
 
