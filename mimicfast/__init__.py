@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "purify": "mimicfast.api",
     "Purifier": "mimicfast.api",
+    "PurifyOptions": "mimicfast.purify_options",
     "Preset": "mimicfast.presets",
     "PRESETS": "mimicfast.presets",
     "get_preset": "mimicfast.presets",
