@@ -150,7 +150,7 @@ def purify(
     denoiser = as_denoiser(model)
     if options.device is not None:
         denoiser = _on_device(denoiser, options.device)
-    return _purify_images(x, denoiser, options, None, fast_cache={})
+    return _purify_images(x, denoiser, options.resolve_preset(denoiser.image_size), options, None, fast_cache={})
 
 
 def _options(options: PurifyOptions | None, settings: dict[str, Any]) -> PurifyOptions:
@@ -164,18 +164,17 @@ def _options(options: PurifyOptions | None, settings: dict[str, Any]) -> PurifyO
 
 
 def _purify_images(
-    x: torch.Tensor, denoiser: Denoiser, options: PurifyOptions, seed: Seed, *, fast_cache: dict
+    x: torch.Tensor, denoiser: Denoiser, p: Preset, options: PurifyOptions, seed: Seed, *, fast_cache: dict
 ) -> torch.Tensor:
-    """:func:`purify` after argument resolution, on the denoiser's device; ``seed`` (None: the options')
-    overrides the options' seed for this call; ``fast_cache`` keeps fast purifiers (and their captured CUDA
-    graphs) across calls, keyed by device, dtype and autocast."""
+    """:func:`purify` after argument resolution, on the denoiser's device, with the resolved preset ``p``;
+    ``seed`` (None: the options') overrides the options' seed for this call; ``fast_cache`` keeps fast purifiers
+    (and their captured CUDA graphs) across calls, keyed by device, dtype and autocast."""
     grad, tau, progress, autocast = options.grad, options.tau, options.progress, options.autocast
     batch_size = options.batch_size
     x = check_images(x, channels=denoiser.channels, size=denoiser.image_size)
     check_requires_grad(x, grad)
     if any(t.is_meta for t in (*denoiser.parameters(), *denoiser.buffers())):
         raise InputError("the model has weights on the meta device (no values); load its weights first")
-    p = options.resolve_preset(denoiser.image_size)
     seeds = options.seeds(x.shape[0], seed)
     run_device = _device_of(denoiser)
     dtype = _working_dtype(denoiser)
@@ -282,7 +281,7 @@ class Purifier(nn.Module):
         """Purify ``x`` [B, C, H, W] in [0, 1]; ``seed`` overrides the module's seed for this call (e.g. one EOT
         draw of an attack), reusing the captured CUDA graphs of earlier calls. With neither (module seed None),
         every call draws fresh private seeds (:func:`mimicfast.seeding.private_seeds`)."""
-        return _purify_images(x, self.denoiser, self.options, seed, fast_cache=self._fast_cache)
+        return _purify_images(x, self.denoiser, self.preset, self.options, seed, fast_cache=self._fast_cache)
 
     def extra_repr(self) -> str:
         return f"preset={self.preset.name!r}, steps={self.preset.steps}, seed={self.seed!r}, grad={self.grad!r}"
