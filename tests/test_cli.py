@@ -430,3 +430,13 @@ def test_help_is_plain_words() -> None:
     for name, sub in [("mimicfast", parser), *commands.items()]:
         text = sub.format_help()
         assert "``" not in text and ":func:" not in text and ":class:" not in text, name
+
+
+def test_what_the_readme_creates_is_ignored_by_git() -> None:
+    """The virtualenv, the demo's folder and purify's out/ that the README's commands create stay out of git."""
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = [".venv/bin/python", "mimicfast-demo/demo.json", "out/purified.pt"]
+    proc = subprocess.run(["git", "check-ignore", *paths], cwd=root, capture_output=True, text=True)
+    assert proc.stdout.split() == paths
