@@ -33,7 +33,7 @@ class FastPurifier:
 
     Args:
         denoiser: ``D(x, sigma)`` (:func:`mimicfast.sampling.as_denoiser` of a network).
-        preset: the method's settings (:func:`mimicfast.api.resolve_preset`).
+        preset: the method's settings (:func:`mimicfast.purify_options.resolve_preset`).
         autocast: the network's compute dtype: ``None`` / ``"fp32"`` (the working dtype, exact),
             ``"bf16"`` or ``"fp16"`` (see :mod:`mimicfast.fast.precision`).
         channels_last: run the network on NHWC tensors.
