@@ -275,6 +275,8 @@ def _load_chunk(path: Path, key: str, shape: tuple[int, ...]) -> tuple[torch.Ten
     import torch
 
     from mimicfast.decode import open_input
+    from mimicfast.errors import InputError
+    from mimicfast.validate import check_images
 
     if not path.exists():
         return None, None
@@ -291,6 +293,8 @@ def _load_chunk(path: Path, key: str, shape: tuple[int, ...]) -> tuple[torch.Ten
     images = obj.get("images")
     if not isinstance(images, torch.Tensor) or images.dtype != torch.float32 or tuple(images.shape) != shape:
         return None, "wrong contents"
-    if not bool(torch.isfinite(images).all()) or float(images.min()) < 0 or float(images.max()) > 1:
-        return None, "values outside [0, 1]"
+    try:
+        check_images(images)
+    except InputError as exc:
+        return None, str(exc)
     return images, None

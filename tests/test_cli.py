@@ -440,3 +440,17 @@ def test_what_the_readme_creates_is_ignored_by_git() -> None:
     paths = [".venv/bin/python", "mimicfast-demo/demo.json", "out/purified.pt"]
     proc = subprocess.run(["git", "check-ignore", *paths], cwd=root, capture_output=True, text=True)
     assert proc.stdout.split() == paths
+
+
+def test_chunk_with_values_outside_the_unit_range_is_recomputed(checkpoint, image, tmp_path, monkeypatch, capsys):
+    argv = [image, "-o", tmp_path / "out", "--checkpoint", checkpoint, *ARGS]
+    calls = _interrupt_after(monkeypatch, 1)
+    batch = image.parent / "b.npy"
+    np.save(batch, np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32))
+    assert _purify(batch, *argv, "--batch-size", "1") == 130
+    (chunk,) = (tmp_path / "out" / ".partial").iterdir()
+    saved = torch.load(chunk, weights_only=True)
+    torch.save({**saved, "images": saved["images"] + 2}, chunk)
+    calls.clear()
+    assert _purify(batch, *argv, "--batch-size", "1") == 0
+    assert len(calls) == 2 and "[0, 1]" in capsys.readouterr().err
