@@ -114,9 +114,7 @@ def load(path: str | PathLike[str], config: str | Mapping[str, Any] | PathLike[s
     if path.is_dir():
         from mimicfast.models.diffusers_interop import load_diffusers
 
-        model = load_diffusers(path)
-        check_weights(model.state_dict(), str(path), floating_only=False)
-        return model
+        return load_diffusers(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if config is not None:
             raise InputError(f"{path}: an EDM .pkl records its own configuration; do not pass a config")
