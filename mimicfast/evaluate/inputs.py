@@ -26,7 +26,7 @@ from torch import nn
 
 from mimicfast.decode import IMAGE_SUFFIXES, Geometry, open_input, read_inputs
 from mimicfast.errors import CheckpointError, InputError
-from mimicfast.models.identity import update_with_tensors
+from mimicfast.models.identity import network_digest, update_with_tensors
 
 TRUST_FLAG = "--trust-classifier-code"
 # Labels index a classifier's logits; no classifier has this many classes, and every label below it is exact
@@ -280,7 +280,7 @@ def classifier_identity(path: Path, cls: type[nn.Module] | None = None, kwargs: 
     digest.update(json.dumps(dict(kwargs or {}), sort_keys=True, default=repr).encode())
     digest.update(_module_source(cls.__module__))
     update_with_tensors(digest, state)
-    return f"{path.name}:{cls.__qualname__}:sha256:{digest.hexdigest()[:16]}"
+    return f"{cls.__qualname__}:sha256:{digest.hexdigest()[:16]}"
 
 
 def _module_source(name: str) -> bytes:
@@ -298,11 +298,14 @@ def _module_source(name: str) -> bytes:
 
 def load_model(path: Path | None, config: str | None = None, device: str = "cpu") -> tuple[nn.Module, str]:
     """``(diffusion network, identity)``: any checkpoint :func:`mimicfast.load` accepts, or (None) the bundled
-    Fashion-MNIST UNet."""
+    Fashion-MNIST UNet. The identity is the network's content (:func:`mimicfast.models.identity.network_digest`:
+    its class, the config it was built from and its tensors), whichever file and config file it came from."""
     if path is None:
-        from mimicfast.default import UNET_PATH, load_default_unet
+        from mimicfast.default import load_default_unet
 
-        return load_default_unet(device), "bundled:" + content_id(UNET_PATH)
-    from mimicfast.models import load
+        net = load_default_unet(device)
+    else:
+        from mimicfast.models import load
 
-    return load(path, config).to(device), content_id(path) + ("" if config is None else f"+{config}")
+        net = load(path, config).to(device)
+    return net, f"{type(net).__name__}:sha256:{network_digest(net)[:16]}"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 import textwrap
 
@@ -13,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from mimicfast.errors import InputError
-from mimicfast.evaluate.inputs import check_logits, classifier_identity, load_classifier, load_data
+from mimicfast.evaluate.inputs import check_logits, classifier_identity, load_classifier, load_data, load_model
 from mimicfast.evaluate.runner import run
 from tests.models._archives import rezip
 
@@ -79,7 +81,7 @@ def test_torchscript_and_state_dict_classifiers(tmp_path):
     from_state, ident = load_classifier(tmp_path / "tiny_state.pt", "tests.evaluate.test_inputs:Tiny", {"classes": 10},
                                         trust_code=True)
     assert torch.equal(scripted(x), net(x)) and torch.equal(from_state(x), net(x))
-    assert ident.startswith("tiny_state.pt:Tiny:sha256:")
+    assert ident.startswith("Tiny:sha256:")
     with pytest.raises(InputError, match="--classifier-class"):
         load_classifier(tmp_path / "tiny_state.pt", trust_code=True)
 
@@ -246,3 +248,19 @@ def test_classifier_identity_follows_content_not_path(tmp_path, monkeypatch):
     assert classifier_identity(tmp_path / "a" / "w.pt", cls) != id_a
     torch.jit.script(net).save(str(tmp_path / "script.pt"))
     assert classifier_identity(tmp_path / "script.pt").startswith("script.pt:sha256:")
+
+
+def test_model_identity_follows_the_loaded_network_and_its_config(tmp_path, parity_dir):
+    cfg = json.loads((parity_dir / "gd_unet_small_kwargs.json").read_text())["create_model_kwargs"]
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        shutil.copy(parity_dir / "gd_unet_small_state_dict.pt", tmp_path / name / "m.pt")
+        (tmp_path / name / "m.json").write_text(json.dumps({"family": "guided_diffusion", **cfg}))
+    _, id_a = load_model(tmp_path / "a" / "m.pt")
+    _, id_b = load_model(tmp_path / "b" / "m.pt")
+    assert id_a == id_b and id_a.startswith("GuidedDiffusionUNet:sha256:")
+    (tmp_path / "b" / "m.json").write_text(json.dumps({"family": "guided_diffusion", **cfg, "dropout": 0.1}))
+    _, id_changed = load_model(tmp_path / "b" / "m.pt")
+    assert id_changed != id_a  # the config beside the checkpoint changed, the checkpoint did not
+    _, bundled = load_model(None)
+    assert bundled.startswith("GuidedDiffusionUNet:sha256:") and bundled != id_a
