@@ -1,7 +1,8 @@
 """What an evaluation reads: the images with their labels, the classifier and the diffusion model.
 
-Each loader also returns an identity string (a SHA-256 of the content, or ``bundled:<name>``) that goes into the
-run's settings, so results of other data or weights never mix with a folder's rows.
+Each loader also returns an identity string, a SHA-256 of the content, that goes into the run's settings, so
+results of other data, weights or code never mix with a folder's rows: the bytes of data, label and TorchScript
+files; the loaded network for the diffusion model; tensors, class and class source for a state-dict classifier.
 
 A user's classifier is code: a TorchScript file is a program (it can read and write files), and
 ``--classifier-class`` imports a module (running its top level) and calls a constructor. Neither happens unless
@@ -168,15 +169,22 @@ def check_logits(logits: Any, labels: torch.Tensor, n: int) -> int:
     return classes
 
 
-def _read_labels(path: Path, names: list[str] | None) -> torch.Tensor:
-    if not path.is_file():
+def _read_labels(path: Path, names: list[str] | None) -> Any:
+    """The labels a file holds, as stored (:func:`check_labels` checks them)."""
+    if not path.exists():
         raise FileNotFoundError(f"--labels not found: {path}")
     if path.suffix.lower() in (".npy", ".pt", ".pth"):
-        return torch.as_tensor(_load_tensor_file(path))
-    lines = [line.replace(",", " ").split() for line in path.read_text().splitlines() if line.strip()]
+        return _load_tensor_file(path)
+    with open_input(path) as f:  # a regular file of bounded size
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: a labels file must be .npy, .pt or UTF-8 text") from None
+    lines = [line.replace(",", " ").split() for line in text.splitlines() if line.strip()]
     try:
         if all(len(parts) == 1 for parts in lines):
-            return torch.tensor([int(parts[0]) for parts in lines])
+            return [int(parts[0]) for parts in lines]
         by_name = {Path(parts[0]).stem: int(parts[-1]) for parts in lines}
     except ValueError as exc:
         raise InputError(f"{path}: expected integer labels ({exc})") from None
@@ -185,7 +193,7 @@ def _read_labels(path: Path, names: list[str] | None) -> torch.Tensor:
     missing = [n for n in names if n not in by_name]
     if missing:
         raise InputError(f"{path}: no label for {', '.join(missing[:5])}")
-    return torch.tensor([by_name[n] for n in names])
+    return [by_name[n] for n in names]
 
 
 def load_classifier(path: Path | None, class_path: str | None = None, kwargs: dict | None = None,

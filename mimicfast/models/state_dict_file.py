@@ -35,14 +35,14 @@ from mimicfast.safe_read import (
     open_regular,
 )
 
-__all__ = ["TORCH_SUFFIXES", "load_state_dict_file", "one_line_errors", "read_state_dict", "read_torch"]
+__all__ = ["load_state_dict_file", "one_line_errors", "read_state_dict", "read_torch"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 # Container keys unwrapped by load_state_dict_file, in order of preference: EMA weights are the ones to sample
 # with when a training checkpoint holds both.
 _CONTAINER_KEYS = ("ema", "state_dict", "model")
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _MAX_TORCH_PICKLE_BYTES = 256 * 2**20  # data.pkl of torch's zip format: structure only, tensor data is separate
 _MAX_MESSAGE = 2000  # mismatch reports list a few keys of each kind; quoted file content is cut
 # A compressed archive is inflated in memory. DEFLATE expands up to ~1000x, so a small file could ask for far
@@ -93,10 +93,10 @@ def load_state_dict_file(path: str | PathLike[str]) -> dict[str, Tensor]:
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     suffix = path.suffix.lower()
     with open_regular(path, max_bytes=MAX_CHECKPOINT_BYTES) as f:
-        if suffix not in (*TORCH_SUFFIXES, ".safetensors"):
+        if suffix not in (*_TORCH_SUFFIXES, ".safetensors"):
             raise CheckpointError(
                 f"{path}: unknown checkpoint suffix {suffix!r}; expected one of "
-                f"{', '.join(TORCH_SUFFIXES)} or .safetensors"
+                f"{', '.join(_TORCH_SUFFIXES)} or .safetensors"
             )
         obj = _load_safetensors(f) if suffix == ".safetensors" else read_torch(f)
     return _as_state_dict(obj, path)

@@ -264,3 +264,17 @@ def test_model_identity_follows_the_loaded_network_and_its_config(tmp_path, pari
     assert id_changed != id_a  # the config beside the checkpoint changed, the checkpoint did not
     _, bundled = load_model(None)
     assert bundled.startswith("GuidedDiffusionUNet:sha256:") and bundled != id_a
+
+
+def test_labels_files_that_hold_no_labels_are_one_line_errors(tmp_path):
+    images, _ = _images()
+    np.save(tmp_path / "d.npy", images)
+    torch.save({"labels": [0, 1, 2, 3]}, tmp_path / "dict.pt")
+    (tmp_path / "huge.txt").write_text("0\n1\n2\n" + "9" * 40 + "\n")
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00\x01")
+    os.mkfifo(tmp_path / "fifo.txt")
+    for name, match in (("dict.pt", "dict.pt: labels must be integers"), ("huge.txt", "huge.txt: labels must be integers"),
+                        ("binary.txt", "must be .npy, .pt or UTF-8 text"), ("fifo.txt", "fifo.txt: is a FIFO")):
+        with pytest.raises(InputError, match=match) as err:
+            load_data(tmp_path / "d.npy", tmp_path / name, 1, 32, pad=True)
+        _one_line(err)
