@@ -28,6 +28,7 @@ from torch import nn
 from mimicfast.decode import IMAGE_SUFFIXES, Geometry, open_input, read_inputs
 from mimicfast.errors import CheckpointError, InputError
 from mimicfast.models.identity import network_digest, update_with_tensors
+from mimicfast.safe_read import read_torch
 
 TRUST_FLAG = "--trust-classifier-code"
 # Labels index a classifier's logits; no classifier has this many classes, and every label below it is exact
@@ -51,8 +52,6 @@ def content_id(path: Path) -> str:
 def _load_tensor_file(path: Path) -> object:
     """A ``.npy`` array or ``.pt`` object read without pickle code, through the bounded safe reader (a ``.pt``
     through the checkpoint reader: pickle walked first, compressed archives inflated within a bound)."""
-    from mimicfast.models.state_dict_file import read_torch
-
     with open_input(path) as f:
         try:
             if path.suffix.lower() == ".npy":
