@@ -14,6 +14,11 @@ Every file the loader reads goes through here before any parser sees it:
   (``__setstate__`` / attribute update) on anything but an object the pickle itself created, so a pickle cannot
   rewrite the classes and functions its unpickler hands out, and an object changed after another one referenced
   it (cycles). :func:`check_torch_legacy` applies it to the pickles of a legacy (pre-zip) ``torch.save`` stream.
+* :func:`read_torch` is ``torch.load(weights_only=True)`` after those walks. torch's zip format has its
+  ``data.pkl`` walked and its tensor data memory-mapped when the archive stores its members uncompressed (what
+  ``torch.save`` writes). A DEFLATE-compressed archive (a ``torch.save`` file re-zipped: ``torch.load`` reads it)
+  cannot be memory-mapped, since a map shows the compressed bytes, so it is inflated instead, within a bound on
+  how far it may expand; other zip compressions are refused.
 
 Nothing here executes code from a file; failures raise :class:`~mimicfast.errors.CheckpointError` (one line).
 """
@@ -23,9 +28,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import pickletools
 import re
 import stat
+import zipfile
 from os import PathLike
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -45,6 +52,7 @@ __all__ = [
     "one_line",
     "open_regular",
     "read_json",
+    "read_torch",
 ]
 
 # The largest public diffusion checkpoints are a few GB (guided-diffusion's 512x512 model: 2.1 GB).
@@ -56,6 +64,12 @@ MAX_JSON_DEPTH = 32
 MAX_PICKLE_OPS = 2_000_000
 MAX_PICKLE_DEPTH = 200
 MAX_PICKLE_NODES = 2_000_000
+_MAX_TORCH_PICKLE_BYTES = 256 * 2**20  # data.pkl of torch's zip format: structure only, tensor data is separate
+# A compressed archive is inflated in memory. DEFLATE expands up to ~1000x, so a small file could ask for far
+# more memory than it holds; real weights compress by a few percent, so 100x (or 64 MiB for tiny files) is
+# generous for them and still bounds what a file can make the reader allocate.
+_MAX_INFLATE_RATIO = 100
+_MIN_INFLATE_BYTES = 64 * 2**20
 
 
 def one_line(error: BaseException | str, limit: int = 200) -> str:
@@ -335,3 +349,103 @@ def check_torch_legacy(stream: BinaryIO, what: str) -> None:
         if not stream.read(1):
             return
         stream.seek(here)
+
+
+def read_torch(f: BoundedReader) -> Any:
+    """``torch.load(weights_only=True)`` of an opened file (zip or legacy format), after the checks in the module
+    docstring; the object is returned as stored (tensors on the CPU).
+
+    Raises:
+        CheckpointError: one line naming ``f.path``: empty, a Git LFS pointer, truncated or corrupt, a pickle
+            that needs code or exceeds the structure bounds, a zip member compressed other than by DEFLATE, or a
+            compressed archive that would inflate beyond its bound.
+    """
+    import torch
+
+    path = f.path
+    head = f.read(64)
+    f.seek(0)
+    if not head:
+        raise CheckpointError(f"{path}: file is empty")
+    if head.startswith(b"version https://git-lfs"):
+        raise CheckpointError(f"{path}: is a Git LFS pointer, not the weights (run `git lfs pull`)")
+    try:
+        if head.startswith(b"PK"):  # torch's zip format: walk data.pkl, then read the tensor data
+            if _check_torch_zip(f):
+                return torch.load(f.fd_path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(f, map_location="cpu", weights_only=True)
+        check_torch_legacy(f, "not a readable PyTorch file")  # pre-1.6 format: pickles, then raw storages
+        f.seek(0)
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "GLOBAL" in msg:
+            detail = next((ln.strip() for ln in msg.splitlines() if "GLOBAL" in ln), "")
+            raise CheckpointError(
+                f"{path}: refused to load: the pickle needs Python code/objects beyond tensors ({detail[:200]}). "
+                "mimicfast never executes code from checkpoint files; re-save the weights as a plain "
+                "state dict (torch.save(module.state_dict(), ...)) or as .safetensors"
+            ) from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch file (truncated or corrupt?): {_reason(msg)}"
+        ) from None
+    except Exception as e:  # noqa: BLE001 -- torch's reader of a hostile file may fail in any way (AssertionError...)
+        reason = _reason(str(e)) if isinstance(e, RuntimeError) else f"{type(e).__name__}: {one_line(e)}"
+        raise CheckpointError(f"{path}: not a readable PyTorch file (truncated or corrupt?): {reason}") from None
+
+
+def _check_torch_zip(f: BoundedReader) -> bool:
+    """Walk the ``<archive>/data.pkl`` of a torch zip checkpoint (:func:`check_pickle`) before torch reads it, and
+    say whether its tensor data may be memory-mapped (True: every member is stored uncompressed)."""
+    try:
+        archive = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise CheckpointError(
+            "not a readable PyTorch file (truncated or corrupt?): zip archive without its central "
+            "directory (truncated download?)"
+        ) from None
+    names = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(names) != 1:
+        raise CheckpointError("not a readable PyTorch file: a zip archive without torch's <archive>/data.pkl")
+    members = archive.infolist()
+    odd = next((m for m in members if m.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)), None)
+    if odd is not None:
+        raise CheckpointError(
+            f"zip member {repr(odd.filename[:80])} uses compression method {odd.compress_type}; torch reads only "
+            "stored or DEFLATE members (re-save with torch.save)"
+        )
+    compressed = [m for m in members if m.compress_type == zipfile.ZIP_DEFLATED]
+    # The reader checks each member against the size its directory entry declares, so the declared sizes are
+    # what inflating costs.
+    inflated = sum(m.file_size for m in compressed)
+    limit = max(_MIN_INFLATE_BYTES, _MAX_INFLATE_RATIO * f.size)
+    if inflated > limit:
+        raise CheckpointError(
+            f"a compressed zip archive that would inflate to {inflated} bytes from {f.size} (at most {limit}); "
+            "re-save it uncompressed with torch.save"
+        )
+    info = archive.getinfo(names[0])
+    try:
+        with archive.open(info) as member:
+            data = member.read(_MAX_TORCH_PICKLE_BYTES + 1)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
+        raise CheckpointError(
+            f"not a readable PyTorch file (truncated or corrupt?): data.pkl: {one_line(e)}"
+        ) from None
+    if len(data) > _MAX_TORCH_PICKLE_BYTES:  # read bounded: the zip header's size may lie
+        raise CheckpointError(f"data.pkl larger than {_MAX_TORCH_PICKLE_BYTES} bytes")
+    check_pickle(io.BytesIO(data), "data.pkl")
+    f.seek(0)
+    return not compressed
+
+
+def _reason(msg: str) -> str:
+    """The informative sentence of a torch.load error (skipping its generic weights_only boilerplate)."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    for line in msg.splitlines():
+        line = line.strip()
+        if line and not line.startswith(boilerplate):
+            return line.split(". ")[0][:200]
+    return "unreadable"

@@ -4,7 +4,8 @@
 * :func:`edm_network` -- NVlabs/edm SongUNet / DhariwalUNet inside VP/VE/EDM preconditioners.
 * :func:`load`, :func:`load_guided_diffusion` -- the loader (:mod:`mimicfast.models.loader`): never executes code
   from a file, never hangs on one, refuses NaN/Inf weights; configs and their limits in
-  :mod:`mimicfast.models.configs`.
+  :mod:`mimicfast.models.configs` (diffusers folders: :mod:`mimicfast.models.diffusers_config`), state-dict files
+  read by :mod:`mimicfast.models.state_dict_file`, weights checked by :mod:`mimicfast.models.weight_checks`.
 """
 
 from __future__ import annotations

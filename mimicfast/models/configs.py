@@ -24,7 +24,21 @@ from typing import Any
 
 from mimicfast.errors import CheckpointError, InputError
 
-__all__ = ["FAMILIES", "GD_CONFIGS", "GD_NOISE_SCHEDULES", "gd_name_and_kwargs", "validate_config"]
+__all__ = [
+    "FAMILIES",
+    "GD_CONFIGS",
+    "GD_NOISE_SCHEDULES",
+    "Check",
+    "apply_schema",
+    "bad_value",
+    "boolean",
+    "float_in",
+    "gd_name_and_kwargs",
+    "int_in",
+    "list_of",
+    "one_of",
+    "validate_config",
+]
 
 FAMILIES = ("guided_diffusion", "edm")
 
@@ -148,50 +162,58 @@ MAX_M = 2_000  # iDDPMPrecond builds its M noise levels in a Python loop (EDM us
 Check = Callable[[str, Any], Any]
 
 
-def _bad(key: str, value: Any, expected: str) -> CheckpointError:
+def bad_value(key: str, value: Any, expected: str) -> CheckpointError:
+    """The one-line error for a config value: ``<key> must be <expected>, got <value>``."""
     shown = repr(value) if isinstance(value, bool | int | float | str) else f"a {type(value).__name__}"
     return CheckpointError(f"{key} must be {expected}, got {shown[:80]}")
 
 
-def _int(lo: int, hi: int, *also: int) -> Check:
+def int_in(lo: int, hi: int, *also: int) -> Check:
+    """A check for an integer (not a bool) in ``[lo, hi]`` or one of ``also``."""
+
     def check(key: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not (lo <= value <= hi or value in also):
             extra = "".join(f" or {a}" for a in also)
-            raise _bad(key, value, f"an integer in [{lo}, {hi}]{extra}")
+            raise bad_value(key, value, f"an integer in [{lo}, {hi}]{extra}")
         return value
 
     return check
 
 
-def _float(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False, inf_ok: bool = False) -> Check:
+def float_in(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False, inf_ok: bool = False) -> Check:
+    """A check for a number (not NaN, not a bool) in the interval, optionally open at either end or infinite."""
+
     def check(key: str, value: Any) -> float:
         ok = isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
         if ok and not (inf_ok and value == math.inf):
             ok = (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
         if not ok:
             span = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}{' or inf' if inf_ok else ''}"
-            raise _bad(key, value, f"a number in {span}")
+            raise bad_value(key, value, f"a number in {span}")
         return value
 
     return check
 
 
-def _bool(key: str, value: Any) -> bool:
+def boolean(key: str, value: Any) -> bool:
+    """Check that ``value`` is true or false."""
     if not isinstance(value, bool):
-        raise _bad(key, value, "true or false")
+        raise bad_value(key, value, "true or false")
     return value
 
 
-def _choice(*options: str) -> Check:
+def one_of(*options: str) -> Check:
+    """A check for one of the strings ``options``."""
+
     def check(key: str, value: Any) -> str:
         if not isinstance(value, str) or value not in options:
-            raise _bad(key, value, f"one of {', '.join(options)}")
+            raise bad_value(key, value, f"one of {', '.join(options)}")
         return value
 
     return check
 
 
-def _list(item: Check, lo: int, hi: int, *, comma_string: bool = False) -> Check:
+def list_of(item: Check, lo: int, hi: int, *, comma_string: bool = False) -> Check:
     """A list (or tuple) of ``lo``..``hi`` items each passing ``item``; with ``comma_string`` also guided-diffusion's
     comma-separated form (``"32,16,8"``; ``""`` is the empty list)."""
 
@@ -200,9 +222,9 @@ def _list(item: Check, lo: int, hi: int, *, comma_string: bool = False) -> Check
             try:
                 value = [int(v) for v in value.split(",")] if value.strip() else []
             except ValueError:
-                raise _bad(key, value, "comma-separated integers") from None
+                raise bad_value(key, value, "comma-separated integers") from None
         if not isinstance(value, list | tuple) or not lo <= len(value) <= hi:
-            raise _bad(key, value, f"a list of {lo} to {hi} values")
+            raise bad_value(key, value, f"a list of {lo} to {hi} values")
         return [item(f"{key}[{i}]", v) for i, v in enumerate(value)]
 
     return check
@@ -215,28 +237,28 @@ def _gd_channel_mult(key: str, value: Any) -> Any:
         try:
             value = [int(v) for v in value.split(",")]
         except ValueError:
-            raise _bad(key, value, 'comma-separated integers or ""') from None
-    return _list(_float(0, MAX_MULT, lo_open=True), 1, MAX_LEVELS)(key, value)
+            raise bad_value(key, value, 'comma-separated integers or ""') from None
+    return list_of(float_in(0, MAX_MULT, lo_open=True), 1, MAX_LEVELS)(key, value)
 
 
 _GD_SCHEMA: dict[str, Check] = {
-    "image_size": _int(1, MAX_RESOLUTION),
-    "num_channels": _int(1, MAX_CHANNELS),
-    "num_res_blocks": _int(0, MAX_BLOCKS),
+    "image_size": int_in(1, MAX_RESOLUTION),
+    "num_channels": int_in(1, MAX_CHANNELS),
+    "num_res_blocks": int_in(0, MAX_BLOCKS),
     "channel_mult": _gd_channel_mult,
-    "learn_sigma": _bool,
-    "class_cond": _bool,
-    "use_checkpoint": _bool,
-    "attention_resolutions": _list(_int(1, MAX_RESOLUTION), 0, MAX_ATTENTION, comma_string=True),
-    "num_heads": _int(1, MAX_CHANNELS),
-    "num_head_channels": _int(1, MAX_CHANNELS, -1),
-    "num_heads_upsample": _int(1, MAX_CHANNELS, -1),
-    "use_scale_shift_norm": _bool,
-    "dropout": _float(0, 1, hi_open=True),
-    "resblock_updown": _bool,
-    "use_fp16": _bool,
-    "use_new_attention_order": _bool,
-    "in_channels": _int(1, MAX_IMAGE_CHANNELS),
+    "learn_sigma": boolean,
+    "class_cond": boolean,
+    "use_checkpoint": boolean,
+    "attention_resolutions": list_of(int_in(1, MAX_RESOLUTION), 0, MAX_ATTENTION, comma_string=True),
+    "num_heads": int_in(1, MAX_CHANNELS),
+    "num_head_channels": int_in(1, MAX_CHANNELS, -1),
+    "num_heads_upsample": int_in(1, MAX_CHANNELS, -1),
+    "use_scale_shift_norm": boolean,
+    "dropout": float_in(0, 1, hi_open=True),
+    "resblock_updown": boolean,
+    "use_fp16": boolean,
+    "use_new_attention_order": boolean,
+    "in_channels": int_in(1, MAX_IMAGE_CHANNELS),
 }
 _GD_REQUIRED = ("image_size", "num_channels", "num_res_blocks")
 # create_model's channel multipliers when channel_mult="" (guided_diffusion/script_util.py).
@@ -244,52 +266,53 @@ _GD_DEFAULT_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: 
 _GD_NORM_GROUPS = 32  # guided-diffusion's GroupNorm32: every width must be a multiple of 32
 
 _EDM_COMMON: dict[str, Check] = {
-    "img_resolution": _int(1, MAX_RESOLUTION),
-    "img_channels": _int(1, MAX_IMAGE_CHANNELS),
-    "label_dim": _int(0, MAX_LABELS),
-    "use_fp16": _bool,
-    "model_type": _choice("SongUNet", "DhariwalUNet"),
+    "img_resolution": int_in(1, MAX_RESOLUTION),
+    "img_channels": int_in(1, MAX_IMAGE_CHANNELS),
+    "label_dim": int_in(0, MAX_LABELS),
+    "use_fp16": boolean,
+    "model_type": one_of("SongUNet", "DhariwalUNet"),
 }
 _EDM_PRECOND: dict[str, dict[str, Check]] = {
     "EDMPrecond": {
-        "sigma_min": _float(0, 1e6),
-        "sigma_max": _float(0, 1e6, lo_open=True, inf_ok=True),
-        "sigma_data": _float(0, 1e6, lo_open=True),
+        "sigma_min": float_in(0, 1e6),
+        "sigma_max": float_in(0, 1e6, lo_open=True, inf_ok=True),
+        "sigma_data": float_in(0, 1e6, lo_open=True),
     },
     "VPPrecond": {
-        "beta_d": _float(0, 1e4, lo_open=True),
-        "beta_min": _float(0, 1e4),
-        "M": _int(1, MAX_M),
-        "epsilon_t": _float(0, 1, lo_open=True),
+        "beta_d": float_in(0, 1e4, lo_open=True),
+        "beta_min": float_in(0, 1e4),
+        "M": int_in(1, MAX_M),
+        "epsilon_t": float_in(0, 1, lo_open=True),
     },
-    "VEPrecond": {"sigma_min": _float(0, 1e6, lo_open=True), "sigma_max": _float(0, 1e6, lo_open=True)},
-    "iDDPMPrecond": {"C_1": _float(0, 1, lo_open=True), "C_2": _float(0, 1), "M": _int(1, MAX_M)},
+    "VEPrecond": {"sigma_min": float_in(0, 1e6, lo_open=True), "sigma_max": float_in(0, 1e6, lo_open=True)},
+    "iDDPMPrecond": {"C_1": float_in(0, 1, lo_open=True), "C_2": float_in(0, 1), "M": int_in(1, MAX_M)},
 }
 _EDM_UNET: dict[str, Check] = {
-    "augment_dim": _int(0, 1024),
-    "model_channels": _int(1, MAX_CHANNELS),
-    "channel_mult": _list(_int(1, MAX_MULT), 1, MAX_LEVELS),
-    "channel_mult_emb": _int(1, 16),
-    "num_blocks": _int(0, MAX_BLOCKS),
-    "attn_resolutions": _list(_int(1, MAX_RESOLUTION), 0, MAX_ATTENTION),
-    "dropout": _float(0, 1, hi_open=True),
-    "label_dropout": _float(0, 1),
+    "augment_dim": int_in(0, 1024),
+    "model_channels": int_in(1, MAX_CHANNELS),
+    "channel_mult": list_of(int_in(1, MAX_MULT), 1, MAX_LEVELS),
+    "channel_mult_emb": int_in(1, 16),
+    "num_blocks": int_in(0, MAX_BLOCKS),
+    "attn_resolutions": list_of(int_in(1, MAX_RESOLUTION), 0, MAX_ATTENTION),
+    "dropout": float_in(0, 1, hi_open=True),
+    "label_dropout": float_in(0, 1),
 }
 _EDM_MODEL: dict[str, dict[str, Check]] = {
     "SongUNet": _EDM_UNET
     | {
-        "embedding_type": _choice("positional", "fourier"),
-        "channel_mult_noise": _int(1, 16),
-        "encoder_type": _choice("standard", "skip", "residual"),
-        "decoder_type": _choice("standard", "skip"),
-        "resample_filter": _list(_float(-1e6, 1e6), 1, 8),
+        "embedding_type": one_of("positional", "fourier"),
+        "channel_mult_noise": int_in(1, 16),
+        "encoder_type": one_of("standard", "skip", "residual"),
+        "decoder_type": one_of("standard", "skip"),
+        "resample_filter": list_of(float_in(-1e6, 1e6), 1, 8),
     },
     "DhariwalUNet": _EDM_UNET,
 }
 _EDM_DEFAULT_MODEL = {"EDMPrecond": "DhariwalUNet", "iDDPMPrecond": "DhariwalUNet"}  # the others: SongUNet
 
 
-def _apply(schema: Mapping[str, Check], cfg: Mapping[str, Any], what: str) -> dict[str, Any]:
+def apply_schema(schema: Mapping[str, Check], cfg: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """Check every key of ``cfg`` with its check in ``schema`` (unknown keys refused); the checked values."""
     unknown = [k for k in cfg if k not in schema]
     if unknown:
         raise CheckpointError(f"unknown {what} key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}")
@@ -310,7 +333,7 @@ def _validate_gd(cfg: dict[str, Any]) -> dict[str, Any]:
     missing = [k for k in _GD_REQUIRED if k not in kwargs]
     if missing:
         raise CheckpointError(f"guided-diffusion config lacks {', '.join(missing)}")
-    out = _apply(_GD_SCHEMA, kwargs, "guided-diffusion")  # parsed values, for the cross-checks below
+    out = apply_schema(_GD_SCHEMA, kwargs, "guided-diffusion")  # parsed values, for the cross-checks below
     mult = out.get("channel_mult", "")
     if mult == "":
         if out["image_size"] not in _GD_DEFAULT_MULT:
@@ -344,14 +367,14 @@ def _validate_gd(cfg: dict[str, Any]) -> dict[str, Any]:
 def _validate_edm(cfg: dict[str, Any]) -> dict[str, Any]:
     precond = cfg.get("precond_class")
     if not isinstance(precond, str) or precond not in _EDM_PRECOND:
-        raise _bad("an EDM config's precond_class", precond, f"one of {', '.join(_EDM_PRECOND)}")
+        raise bad_value("an EDM config's precond_class", precond, f"one of {', '.join(_EDM_PRECOND)}")
     kwargs = {k: v for k, v in cfg.items() if k not in ("family", "precond_class")}
     for key in ("img_resolution", "img_channels"):
         if key not in kwargs:
             raise CheckpointError(f"EDM config lacks {key}")
     model = kwargs.get("model_type", _EDM_DEFAULT_MODEL.get(precond, "SongUNet"))
     _EDM_COMMON["model_type"]("model_type", model)
-    out = _apply(_EDM_COMMON | _EDM_PRECOND[precond] | _EDM_MODEL[model], kwargs, f"EDM {precond}/{model}")
+    out = apply_schema(_EDM_COMMON | _EDM_PRECOND[precond] | _EDM_MODEL[model], kwargs, f"EDM {precond}/{model}")
     levels = len(out.get("channel_mult", (1, 2, 2, 2) if model == "SongUNet" else (1, 2, 3, 4)))
     if out["img_resolution"] >> (levels - 1) < 1:
         raise CheckpointError(f"img_resolution {out['img_resolution']} is too small for {levels} resolution levels")
@@ -380,7 +403,7 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
         elif ("image_size" in cfg and "num_channels" in cfg) or "config" in cfg:
             cfg["family"] = "guided_diffusion"
     if cfg.get("family") not in FAMILIES:
-        raise _bad("'family'", cfg.get("family"), f"one of {', '.join(FAMILIES)}")
+        raise bad_value("'family'", cfg.get("family"), f"one of {', '.join(FAMILIES)}")
     if cfg["family"] == "guided_diffusion":
         return _validate_gd(cfg)
     if isinstance(cfg.get("kwargs"), Mapping):  # fixture layout: {"precond_class", "kwargs": {...}, notes...}

@@ -8,24 +8,30 @@ The wrapper is an ``"eps_timestep"`` network like guided-diffusion's: ``forward(
 models are converted to eps with the scheduler's alpha_bar. The scheduler's betas are exposed as ``betas``
 (float64 [num_train_timesteps]) unless they are DDPM's linear 1e-4..0.02 over 1000 steps, in which case
 ``betas`` is None and the exact float64 default schedule is used. Weights are read from safetensors only, from
-the local directory only (no download, no pickle).
+the local directory only (no download, no pickle), and by mimicfast's own bounded readers and checks, as every
+other checkpoint is (:func:`load_diffusers`); diffusers only provides the architecture and the schedule.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from mimicfast.errors import CheckpointError, InputError
-from mimicfast.safe_read import one_line, read_json
+from mimicfast.models.diffusers_config import PREDICTIONS, validate_scheduler_config, validate_unet_config
+from mimicfast.models.state_dict_file import one_line_errors, read_state_dict
+from mimicfast.models.weight_checks import build_on_meta, check_weights, state_dict_mismatch
+from mimicfast.safe_read import read_json
 from mimicfast.schedules import alphas_cumprod, linear_betas
 
 __all__ = ["DiffusersUNetDenoiser", "load_diffusers"]
 
-_PREDICTIONS = ("epsilon", "v_prediction", "sample")
+_WEIGHTS = "diffusion_pytorch_model.safetensors"
 _DDPM_LINEAR = dict(beta_start=1e-4, beta_end=0.02, num_train_timesteps=1000)
 
 
@@ -46,9 +52,9 @@ class DiffusersUNetDenoiser(nn.Module):
     def __init__(self, unet: nn.Module, betas: torch.Tensor, prediction_type: str = "epsilon",
                  variance_type: str = "fixed_small") -> None:
         super().__init__()
-        if prediction_type not in _PREDICTIONS:
+        if prediction_type not in PREDICTIONS:
             raise InputError(f"unsupported diffusers prediction_type {prediction_type!r}; expected one of "
-                             f"{', '.join(_PREDICTIONS)}")
+                             f"{', '.join(PREDICTIONS)}")
         cfg = unet.config
         if getattr(cfg, "num_class_embeds", None) or getattr(cfg, "class_embed_type", None):
             raise InputError("class-conditional diffusers UNets are not supported (mimicfast purifies without labels)")
@@ -112,18 +118,28 @@ def _is_ddpm_linear(betas: torch.Tensor) -> bool:
 
 def _find(root: Path, sub: str, name: str) -> Path | None:
     for folder in (root / sub, root):
-        if (folder / name).is_file():
+        if (folder / name).exists() or (folder / name).is_symlink():
             return folder
     return None
 
 
+@one_line_errors
 def load_diffusers(path: str | PathLike[str]) -> DiffusersUNetDenoiser:
     """Load ``UNet2DModel`` + scheduler from a local directory (pipeline layout ``unet/`` + ``scheduler/``, or
     ``config.json`` + ``scheduler_config.json`` side by side) as a :class:`DiffusersUNetDenoiser`.
 
+    Read like every other checkpoint, without diffusers opening a file: both configs through the bounded JSON
+    reader and :mod:`mimicfast.models.diffusers_config`; the UNet built from its checked config on the ``meta``
+    device; ``diffusion_pytorch_model.safetensors`` through the bounded state-dict reader, matched key by key and
+    shape by shape (a missing weight is an error, never a random one) and checked by
+    :func:`~mimicfast.models.weight_checks.check_weights`. The result's ``checkpoint_config`` records both
+    checked configs.
+
     Raises:
-        InputError: diffusers is not installed (``pip install mimicfast[diffusers]``), or an unsupported model.
-        CheckpointError: no UNet / scheduler config in the directory, not a UNet2DModel, or no safetensors weights.
+        InputError: diffusers is not installed (``pip install mimicfast[diffusers]``).
+        CheckpointError: one line: no UNet / scheduler config in the directory, a config that does not validate,
+            no or unreadable safetensors weights, weights that do not match the config or are not finite, or a
+            training schedule with betas outside (0, 1).
     """
     try:
         from diffusers import DDPMScheduler, UNet2DModel
@@ -136,17 +152,43 @@ def load_diffusers(path: str | PathLike[str]) -> DiffusersUNetDenoiser:
     if unet_dir is None or sched_dir is None:
         missing = "unet/config.json" if unet_dir is None else "scheduler/scheduler_config.json"
         raise CheckpointError(f"{root}: not a diffusers model directory (no {missing})")
-    unet_cfg = read_json(unet_dir / "config.json")
-    if not isinstance(unet_cfg, dict) or unet_cfg.get("_class_name") != "UNet2DModel":
-        found = unet_cfg.get("_class_name") if isinstance(unet_cfg, dict) else type(unet_cfg).__name__
-        raise CheckpointError(f"{unet_dir}: a {str(found)[:80]!r}, mimicfast supports UNet2DModel")
-    if not any(unet_dir.glob("*.safetensors")):
-        raise CheckpointError(f"{unet_dir}: no .safetensors weights (mimicfast does not unpickle .bin files; "
-                              "re-save with save_pretrained(safe_serialization=True))")
+    unet_kwargs = _checked(unet_dir / "config.json", validate_unet_config)
+    sched_kwargs = _checked(sched_dir / "scheduler_config.json", validate_scheduler_config)
+    weights = unet_dir / _WEIGHTS
+    if not (weights.exists() or weights.is_symlink()):
+        others = sorted(p.name for p in unet_dir.glob("*.safetensors"))[:3]
+        detail = f"; found {', '.join(others)} (sharded or variant weights are not read)" if others else \
+            " (mimicfast does not unpickle .bin files; re-save with save_pretrained(safe_serialization=True))"
+        raise CheckpointError(f"{unet_dir}: no .safetensors weights named {_WEIGHTS}{detail}")
+    unet = build_on_meta(lambda: UNet2DModel(**unet_kwargs), "diffusers UNet2DModel")
+    state = read_state_dict(weights)
+    # Files saved before diffusers renamed its attention weights (query/key/value/proj_attn -> to_q/...):
+    # from_pretrained renames them the same way.
+    rename = getattr(unet, "_fix_state_dict_keys_on_load", None)
+    if rename is not None:
+        rename(state)
+    problem = state_dict_mismatch(unet, state)
+    if problem is not None:
+        raise CheckpointError(f"{weights}: weights do not match {unet_dir / 'config.json'}: {problem}")
+    check_weights(state, str(weights))
+    unet.load_state_dict(state, strict=True, assign=True)
+    unfilled = next((name for name, t in (*unet.named_parameters(), *unet.named_buffers()) if t.is_meta), None)
+    if unfilled is not None:  # a tensor the constructor makes but the file cannot hold (a non-persistent buffer)
+        raise CheckpointError(f"{root}: this UNet2DModel configuration has no weights for {unfilled}")
+    betas = DDPMScheduler(**sched_kwargs).betas.double()
+    if not bool(((betas > 0) & (betas < 1)).all()):
+        raise CheckpointError(f"{sched_dir / 'scheduler_config.json'}: the training betas must lie in (0, 1) "
+                              "(zero-terminal-SNR schedules are not supported)")
+    # float32 like from_pretrained, whatever precision the file stores.
+    model = DiffusersUNetDenoiser(unet.float(), betas, sched_kwargs.get("prediction_type", "epsilon"),
+                                  sched_kwargs.get("variance_type", "fixed_small"))
+    model.checkpoint_config = {"family": "diffusers", "unet": unet_kwargs, "scheduler": sched_kwargs}
+    return model
+
+
+def _checked(path: Path, validate: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
     try:
-        unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, local_files_only=True)
-        scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(sched_dir, local_files_only=True))
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise CheckpointError(f"{root}: cannot load the diffusers model: {one_line(e)}") from None
-    return DiffusersUNetDenoiser(unet, scheduler.betas, scheduler.config.prediction_type,
-                                 scheduler.config.variance_type)
+        return validate(read_json(path))
+    except CheckpointError as e:
+        text = str(e)  # the JSON reader's errors name the file already, the validators' do not
+        raise CheckpointError(text if str(path) in text else f"{path}: {text}") from None

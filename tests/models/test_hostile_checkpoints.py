@@ -311,8 +311,12 @@ def test_numpy_dtype_build_changes_a_copy_only():
 # --- S1 and tensor kinds: weights a network cannot use ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["nan", "inf", "int64", "sparse", "meta", "complex"])
-@pytest.mark.parametrize("fmt", [".pt", ".safetensors"])
+@pytest.mark.parametrize(
+    ("bad", "fmt"),
+    # safetensors stores dense CPU data only: sparse and meta tensors exist only in .pt files
+    [(bad, ".pt") for bad in ("nan", "inf", "int64", "sparse", "meta", "complex")]
+    + [(bad, ".safetensors") for bad in ("nan", "inf", "int64", "complex")],
+)
 def test_unusable_weights_are_refused(tmp_path, tiny_gd, bad, fmt):
     _, sd = tiny_gd
     key = "out.2.weight"
@@ -325,8 +329,6 @@ def test_unusable_weights_are_refused(tmp_path, tiny_gd, bad, fmt):
         "meta": lambda: t.to("meta"),
         "complex": lambda: t.to(torch.complex64),
     }[bad]()
-    if fmt == ".safetensors" and bad in ("sparse", "meta"):
-        pytest.skip("safetensors stores dense CPU data only")
     path = tmp_path / f"bad{fmt}"
     (tmp_path / "bad.json").write_text(json.dumps(TINY_GD))
     bad_sd = dict(sd, **{key: t})
@@ -374,6 +376,34 @@ def test_nan_weights_make_convert_fail_and_write_nothing(tmp_path, tiny_gd, caps
     assert "non-finite" in capsys.readouterr().err
     assert not (tmp_path / "out" / "converted.safetensors").exists()
 
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "weights_change", "match"),
+    [
+        ({**TINY_GD, "num_channels": -32}, None, "num_channels must be an integer"),
+        ({**TINY_GD, "config": "nope"}, None, "a named config takes no other keys"),
+        ([1, 2], None, "a config must be a JSON object"),
+        (TINY_GD, "drop", "missing keys"),
+        (TINY_GD, "nan", "non-finite"),
+    ],
+)
+def test_bad_config_or_weights_make_purify_fail_and_write_nothing(tmp_path, tiny_gd, capsys, sidecar,
+                                                                   weights_change, match):
+    _, sd = tiny_gd
+    sd = dict(sd)
+    if weights_change == "drop":
+        sd.pop("out.2.bias")
+    elif weights_change == "nan":
+        sd["out.2.bias"] = torch.full_like(sd["out.2.bias"], float("nan"))
+    torch.save(sd, tmp_path / "m.pt")
+    (tmp_path / "m.json").write_text(json.dumps(sidecar))
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 8, 8), dtype=np.uint8))
+    out = tmp_path / "out"
+    args = ["purify", "-o", str(out), "--checkpoint", str(tmp_path / "m.pt"), "--steps", "2", str(tmp_path / "x.npy")]
+    assert cli_main(args) == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()  # neither the folder nor its .partial/ chunk store
 
 # --- EDM pickles whose module state is malformed ----------------------------------------------------------------
 

@@ -99,7 +99,7 @@ def test_bad_files_and_configs(tmp_path, edm_pkl):
     sd_file = tmp_path / "w.pt"
     torch.save({"model.map_layer0.weight": torch.zeros(2, 2)}, sd_file)
     sd_file.write_bytes(sd_file.read_bytes()[:200])
-    with pytest.raises(CheckpointError, match="w.pt: not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="w.pt: not a readable PyTorch file"):
         load(sd_file)
     other = tmp_path / "other.pt"
     torch.save({"conv.weight": torch.zeros(1)}, other)
