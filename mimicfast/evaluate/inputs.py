@@ -109,7 +109,7 @@ def _read_labels(path: Path, names: list[str] | None) -> torch.Tensor:
 
 
 def load_classifier(path: Path | None, class_path: str | None = None, kwargs: dict | None = None,
-                    device: str = "cpu") -> tuple[nn.Module, str]:
+                    device: str = "cpu", *, trust_code: bool = False) -> tuple[nn.Module, str]:
     """``(classifier in eval mode with frozen parameters, identity)``: ``x [B, C, H, W] in [0, 1] -> logits``.
 
     ``path`` None is the bundled Fashion-MNIST CNN. With ``class_path`` (``"package.module:Class"``) ``path`` is a
