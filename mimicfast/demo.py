@@ -149,18 +149,25 @@ def grid_rows(args: argparse.Namespace) -> list[tuple[str, object, list[bool]]]:
     settings = read_settings(out)
     batch = settings["identity"]["batch_size"]
     k = min(_COLS, args.n)
-    x_batches, _ = load_test_slice(min(args.n, -(-k // batch) * batch))
-    x, labels = x_batches[:k], load_test_slice(k)[1]
+    # A batch's saved examples cover the images of the run that attacked it last: this command's n, or the
+    # folder's largest n when an earlier run attacked more images.
+    sizes = list(dict.fromkeys((args.n, len(settings["labels"]))))
+    x_all, _ = load_test_slice(max(sizes))
+    x, labels = x_all[:k], load_test_slice(k)[1]
 
     def adversarial(defense: str, attack: str) -> torch.Tensor:
         parts = []
         for b, start in enumerate(range(0, k, batch)):
-            idx = list(range(start, min(start + batch, args.n)))
-            saved, note = load_adv(adv_path(out, defense, attack, b), settings["spec_id"], idx, x_batches[idx],
-                                   args.eps, "Linf")
-            if saved is None:
-                raise InputError(f"{out}: no usable adversarial examples of {defense} / {attack} ({note})")
-            parts.append(saved)
+            path, notes = adv_path(out, defense, attack, b), []
+            for size in sizes:
+                idx = list(range(start, min(start + batch, size)))
+                saved, note = load_adv(path, settings["spec_id"], idx, x_all[idx], args.eps, "Linf")
+                if saved is not None:
+                    parts.append(saved)
+                    break
+                notes.append(note)
+            else:
+                raise InputError(f"{out}: no usable adversarial examples of {defense} / {attack} ({notes[0]})")
         return torch.cat(parts)[:k]
 
     net = load_default_unet()
