@@ -210,6 +210,8 @@ def save_grid(args: argparse.Namespace, path: Path) -> None:
     import torch
     from PIL import Image, ImageDraw
 
+    from mimicfast.atomic import write_atomic
+
     rows = grid_rows(args)
     k = rows[0][1].shape[0]
     h, w = rows[0][1].shape[-2:]
@@ -229,4 +231,4 @@ def save_grid(args: argparse.Namespace, path: Path) -> None:
             draw.rectangle((left, top, left + cell_w - 3, top + cell_h - 3), fill=_RIGHT if right[c] else _WRONG)
             tile = Image.fromarray(pixels[c]).resize((w * _ZOOM, h * _ZOOM), Image.NEAREST).convert("RGB")
             canvas.paste(tile, (left + 2, top + 2))
-    canvas.save(path)
+    write_atomic(path, lambda f: canvas.save(f, format="PNG"))

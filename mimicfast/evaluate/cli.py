@@ -146,5 +146,7 @@ def main(args: argparse.Namespace) -> int:
     )
     summary = run(spec, args.out)
     if summary is not None:
-        print((args.out / "summary.md").read_text())
+        from mimicfast.evaluate.summary import report
+
+        print(report(summary))
     return 0
