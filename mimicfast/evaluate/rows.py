@@ -73,10 +73,10 @@ class _File:
 def _read_file(path: Path, spec_id: str, shown: str) -> _File:
     """The rows of one file up to the first line that breaks the running digest, checked against its head."""
     result = _File(chain=_genesis(spec_id, path))
-    if not path.is_file():
-        return result
-    with open_regular(path, max_bytes=MAX_CHECKPOINT_BYTES, what="rows file") as f:
-        data = f.read()
+    data = b""
+    if path.exists():
+        with open_regular(path, max_bytes=MAX_CHECKPOINT_BYTES, what="rows file") as f:
+            data = f.read()
     lines = data.split(b"\n")[:-1]  # a last line without its newline was cut by a kill: not a row yet
     for number, line in enumerate(lines, 1):
         try:
@@ -167,6 +167,9 @@ def read_rows(out: Path, settings: dict) -> tuple[dict[RowKey, dict], list[str]]
     for path in paths:
         shown = f"{out.name}/rows/{path.name}"
         if HEAD_FILE.fullmatch(path.name):
+            rows_file = path.with_name(path.name.removesuffix(".head.json") + ".jsonl")
+            if not rows_file.exists():  # the whole rows file was removed
+                notes += _read_file(rows_file, settings["spec_id"], f"{out.name}/rows/{rows_file.name}").notes
             continue
         if not ROWS_FILE.fullmatch(path.name):
             notes.append(f"{shown} is not a rows file of this folder (rank-<r>.jsonl); ignored")

@@ -68,6 +68,13 @@ def test_rows_removed_from_the_end_are_reported(reference, tmp_path):
     assert all(r["n"] == 0 for r in summary["rows"])
 
 
+def test_a_removed_rows_file_is_reported(reference, tmp_path):
+    out = _copy(reference, tmp_path)
+    _rows_file(out).unlink()
+    summary = summarize(out)
+    assert any(f"rank-0.jsonl ends after 0 rows but {N_ROWS} were written" in n for n in summary["notes"])
+
+
 def test_injected_rows_are_checked_against_the_folder(reference, tmp_path):
     out = _copy(reference, tmp_path)
     row = json.loads(_rows_file(out).read_text().splitlines()[0])  # a "none" / "clean" row of image 0
