@@ -2,13 +2,15 @@
 
 A small ``mimicfast.evaluate.run`` on the first ``--n`` bundled test images: the bare classifier and the
 classifier behind the purifier (each ``--preset``), on clean images, under PGD against the bare classifier
-(``transfer``: an attack that ignores the purifier) and under PGD with EOT through the purifier (BPDA gradients);
-each defended accuracy with the defense's own seed, worst of ``--draws`` draws and majority of them. It prints
-the table and writes ``demo.png``, ``demo.json`` and the evaluation folder ``eval/`` (resumable) to ``--out``.
+(``transfer``: an attack that ignores the purifier) and under PGD with EOT through the purifier (BPDA gradients).
+The table leads with the single submission per image (the attacker submits one input, chosen on its own draws),
+judged with the defense's own seed, worst of ``--draws`` scoring draws and majority of them. It prints the table
+and writes ``demo.png``, ``demo.json`` and the evaluation folder ``eval/`` (resumable) to ``--out``; the table
+covers exactly the images, presets and draws of this command, whatever an earlier run left in ``eval/``.
 
 The table is reproducible: fixed torch threads (``--threads``, default 1), deterministic algorithms, and every
-random number from per-image seeds; the same command with the same thread count and torch build gives the same
-table on another machine.
+random number from per-image seeds; the same command gives the same table with the same ops backend, thread
+count, torch build and CPU family (another CPU family may round a convolution differently).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -45,7 +48,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--attack-steps", type=int, default=5, help="iterations of each attack (default: 5)")
     p.add_argument("--eot", type=int, default=1,
                    help="defense draws averaged per gradient of the attack through the purifier (default: 1)")
-    p.add_argument("--draws", type=int, default=3, help="defense draws per image for the protocols (default: 3)")
+    p.add_argument("--draws", type=int, default=3, help="scoring draws per image for the protocols (default: 3)")
+    p.add_argument("--choice-draws", type=int, default=3,
+                   help="attack-side draws on which the attacker picks its single submission (default: 3)")
     p.add_argument("--seed", type=int, default=0, help="run seed (default: 0)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads; the table is reproducible for a given count (default: 1)")
@@ -57,42 +62,72 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit status."""
     import torch
 
+    from mimicfast.atomic import write_text
+    from mimicfast.evaluate.prepare import build_spec
     from mimicfast.evaluate.runner import run as evaluate
-    from mimicfast.evaluate.summary import format_markdown
 
     if not 1 <= args.n <= 1000:
         raise InputError(f"--n must be in [1, 1000], got {args.n}")
-    if not 0 <= args.eps <= 1:
-        raise InputError(f"--eps must be in [0, 1], got {args.eps}")
     if args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
+    spec = build_spec(preset=args.preset, steps=args.steps, defense="none,purifier", attacks="clean,transfer,pgd",
+                      eps=args.eps, attack_steps=args.attack_steps, eot=args.eot, draws=args.draws,
+                      choice_draws=args.choice_draws, n=args.n, seed=args.seed, threads=args.threads,
+                      progress=sys.stderr.isatty())
     torch.use_deterministic_algorithms(True)
     t0 = time.perf_counter()
     print(f"mimicfast demo: {args.n} Fashion-MNIST test images, Linf eps={args.eps:g}, T={args.steps}, "
-          f"{args.draws} defense draws, seed {args.seed}, {args.threads} thread(s)", flush=True)
-    summary = evaluate(args.out / "eval", preset=args.preset, steps=args.steps, defense="none,purifier",
-                       attacks="clean,transfer,pgd", eps=args.eps, attack_steps=args.attack_steps, eot=args.eot,
-                       draws=args.draws, n=args.n, seed=args.seed, threads=args.threads, progress=True)
+          f"{args.draws} scoring draws, {args.choice_draws} choice draws, seed {args.seed}, {args.threads} thread(s)",
+          flush=True)
+    evaluate(spec, args.out / "eval")
+    summary = ran(args.out / "eval", spec)
     wall = time.perf_counter() - t0
-    table = format_markdown(summary["rows"], args.draws)
-    print(f"\n{table}\n\nAccuracy [95% Wilson interval] (images). transfer: PGD against the bare classifier "
+    print(f"\n{table(summary)}\n\nAccuracy [95% Wilson interval] (images). transfer: PGD against the bare classifier "
           f"({args.attack_steps} steps); pgd (bpda): PGD through the purifier, BPDA gradients, EOT {args.eot}, "
-          f"{args.attack_steps} steps.")
+          f"{args.attack_steps} steps.\n\n{meanings(args.draws)}")
     record = {"summary": summary, "wall_s": round(wall, 1), "command": "mimicfast demo " + " ".join(_argv(args)),
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                          "torch": torch.__version__, "threads": torch.get_num_threads()},
+                          "torch": torch.__version__, "threads": torch.get_num_threads(),
+                          "backend": spec.backend},
               "images": "first n images of mimicfast/data/fmnist_test_1000.npz (Fashion-MNIST test set)"}
-    (args.out / "demo.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_text(args.out / "demo.json", json.dumps(record, indent=2) + "\n")
     save_grid(args, args.out / "demo.png")
     print(f"\nwrote {args.out / 'demo.png'}, {args.out / 'demo.json'} and {args.out / 'eval'} ({wall:.0f} s)")
     return 0
 
 
+def ran(out: Path, spec) -> dict:
+    """The summary of what ``spec`` ran in folder ``out``: its defenses and attacks on its first n images, with
+    its draws, whatever else the folder holds."""
+    from mimicfast.evaluate.rows import read_rows
+    from mimicfast.evaluate.store import read_settings
+    from mimicfast.evaluate.summary import summarize_rows
+
+    settings = read_settings(out)
+    runs = {label: [spec.attack_label(a, p) for a in spec.attacks_for(p)] for label, p in spec.defenses}
+    mine = {**settings, "runs": runs, "labels": settings["labels"][: spec.n], "draws": spec.draws,
+            "choice_draws": spec.choice_draws}
+    rows, notes = read_rows(out, mine)
+    return {"rows": summarize_rows(rows, mine), "settings": mine, "notes": notes}
+
+
+def table(summary: dict) -> str:
+    """The demo's tables (:func:`mimicfast.evaluate.summary.format_markdown`)."""
+    from mimicfast.evaluate.summary import format_markdown
+
+    return format_markdown(summary["rows"], summary["settings"]["draws"])
+
+
+def meanings(draws: int) -> str:
+    from mimicfast.evaluate.summary import meanings as explain
+
+    return explain(draws)
+
+
 def _argv(args: argparse.Namespace) -> list[str]:
     return [f"--n {args.n}", f"--eps {args.eps:g}", "--preset " + " ".join(args.preset), f"--steps {args.steps}",
             f"--attack-steps {args.attack_steps}", f"--eot {args.eot}", f"--draws {args.draws}",
-            f"--seed {args.seed}", f"--threads {args.threads}"]
+            f"--choice-draws {args.choice_draws}", f"--seed {args.seed}", f"--threads {args.threads}"]
 
 
 def grid_rows(args: argparse.Namespace) -> list[tuple[str, object, list[bool]]]:
@@ -104,39 +139,50 @@ def grid_rows(args: argparse.Namespace) -> list[tuple[str, object, list[bool]]]:
     """
     import torch
 
-    from mimicfast.api import Purifier
+    from mimicfast.api import Purifier, resolve_preset
     from mimicfast.default import load_default_unet, load_test_slice
-    from mimicfast.evaluate.seeds import image_seeds
+    from mimicfast.evaluate.seeds import purpose_seeds
+    from mimicfast.evaluate.spec import defense_label
     from mimicfast.evaluate.store import adv_path, load_adv, read_settings
-    from mimicfast.presets import Preset
 
     out = args.out / "eval"
     settings = read_settings(out)
-    batch = settings["fixed"]["batch_size"]
+    batch = settings["identity"]["batch_size"]
     k = min(_COLS, args.n)
-    x, labels = load_test_slice(k)
+    # A batch's saved examples cover the images of the run that attacked it last: this command's n, or the
+    # folder's largest n when an earlier run attacked more images.
+    sizes = list(dict.fromkeys((args.n, len(settings["labels"]))))
+    x_all, _ = load_test_slice(max(sizes))
+    x, labels = x_all[:k], load_test_slice(k)[1]
 
     def adversarial(defense: str, attack: str) -> torch.Tensor:
         parts = []
         for b, start in enumerate(range(0, k, batch)):
-            idx = list(range(start, min(start + batch, args.n)))
-            parts.append(load_adv(adv_path(out, defense, attack, b), idx))
+            path, notes = adv_path(out, defense, attack, b), []
+            for size in sizes:
+                idx = list(range(start, min(start + batch, size)))
+                saved, note = load_adv(path, settings["spec_id"], idx, x_all[idx], args.eps, "Linf")
+                if saved is not None:
+                    parts.append(saved)
+                    break
+                notes.append(note)
+            else:
+                raise InputError(f"{out}: no usable adversarial examples of {defense} / {attack} ({notes[0]})")
         return torch.cat(parts)[:k]
 
     net = load_default_unet()
     transfer = adversarial("none", "transfer")
     out_rows = [("clean image", x, _right(x, labels)),
                 ("PGD on the bare classifier (transfer)", transfer, _right(transfer, labels))]
-    for defense in settings["defenses"]:
-        if defense == "none":
-            continue
-        purifier = Purifier(net, preset=Preset(**settings["presets"][defense]))
+    for preset in (resolve_preset(p, args.steps, {}) for p in args.preset):
+        defense = defense_label(preset)
+        purifier = Purifier(net, preset=preset)
         adaptive = adversarial(defense, "pgd (bpda)")
 
         def purify(images: torch.Tensor, purifier: Purifier = purifier) -> torch.Tensor:
             # The table's batches (k is n or a multiple of the batch size) and draw-0 seeds: the images it scored.
-            return torch.cat([purifier(images[s : s + batch], seed=image_seeds(
-                args.seed, range(s, min(s + batch, k)), "defense", 0)) for s in range(0, k, batch)])
+            return torch.cat([purifier(images[s : s + batch], seed=purpose_seeds(
+                args.seed, "defense", range(s, min(s + batch, k)), 0)) for s in range(0, k, batch)])
 
         shown = {"clean": purify(x), "transfer": purify(transfer), "adaptive": purify(adaptive)}
         out_rows += [
@@ -164,6 +210,8 @@ def save_grid(args: argparse.Namespace, path: Path) -> None:
     import torch
     from PIL import Image, ImageDraw
 
+    from mimicfast.atomic import write_atomic
+
     rows = grid_rows(args)
     k = rows[0][1].shape[0]
     h, w = rows[0][1].shape[-2:]
@@ -183,4 +231,4 @@ def save_grid(args: argparse.Namespace, path: Path) -> None:
             draw.rectangle((left, top, left + cell_w - 3, top + cell_h - 3), fill=_RIGHT if right[c] else _WRONG)
             tile = Image.fromarray(pixels[c]).resize((w * _ZOOM, h * _ZOOM), Image.NEAREST).convert("RGB")
             canvas.paste(tile, (left + 2, top + 2))
-    canvas.save(path)
+    write_atomic(path, lambda f: canvas.save(f, format="PNG"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +127,7 @@ def plan(args: argparse.Namespace) -> Plan:
     from mimicfast.default import UNET_PATH
     from mimicfast.errors import InputError
     from mimicfast.models import load
+    from mimicfast.models.identity import model_digest
     from mimicfast.outputs import check_outputs, check_writable_dir, files_read_by_load, fit_name, name_max
     from mimicfast.progress import show_progress
     from mimicfast.purify_options import resolve_device, resolve_preset
@@ -157,11 +157,11 @@ def plan(args: argparse.Namespace) -> Plan:
 
     limit = name_max(args.out)
     outputs = [args.out / fit_name(name, "_purified.png", limit) for name in names]
-    model_digest = _model_digest(model)
+    model_content = model_digest(model)
     chunks = []
     for start in range(0, len(names), args.batch_size):
         stop = min(start + args.batch_size, len(names))
-        key = _chunk_key(model_digest, preset, seeds[start], images[start:stop], args.autocast, device)
+        key = _chunk_key(model_content, preset, seeds[start], images[start:stop], args.autocast, device)
         chunks.append((start, stop, partial / f"{key}.pt", key))
     reads = [*inputs, *files_read_by_load(checkpoint, args.config)]
     check_outputs([*outputs, args.out / "purified.pt", *(c[2] for c in chunks)], reads)
@@ -240,21 +240,6 @@ def run(args: argparse.Namespace) -> int:
     n = len(job.names)
     print(f"wrote {n} purified image{'' if n == 1 else 's'} and purified.pt to {job.out}")
     return 0
-
-
-def _model_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of what the network computes: its config and every tensor of its state dict (names, dtypes,
-    shapes, bytes). A different file with the same weights gives the same digest; the same path with new
-    weights does not."""
-    import torch
-
-    digest = hashlib.sha256(type(model).__qualname__.encode())
-    digest.update(json.dumps(getattr(model, "checkpoint_config", None), sort_keys=True, default=repr).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous().view(-1)
-        digest.update(f"\0{name}|{tensor.dtype}|{tensor.numel()}\0".encode())
-        digest.update(tensor.view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def _chunk_key(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from mimicfast.errors import InputError
@@ -15,15 +16,20 @@ DESCRIPTION = """\
 Robust accuracy of a classifier behind the MimicDiffusion purifier.
 
 For each defense (the purifier with each --preset; --defense none for the bare classifier), each attack and each
-image: make the adversarial example, classify purifier(x_adv) with --draws independent defense draws, and append
-one row per draw to OUT/rows/. The summary (OUT/summary.json, OUT/summary.md) reports, per defense and attack,
-the accuracy with the defense's own seed, worst of N draws and majority of N draws, each with its 95% Wilson
-interval and image count.
+image: make the adversarial example, classify purifier(x_adv) with --draws scoring draws and --choice-draws
+attack-side draws, and append one row per draw to OUT/rows/. The summary (OUT/summary.json, OUT/summary.md)
+leads with the single submission: per image the attacker submits one input, chosen among the clean image and
+every attack's output on its own draws only, scored with the defense's own seed, worst of N scoring draws and
+majority of N; then every defense and attack under the same protocols, each with its 95% Wilson interval and
+image count, and the all-attacks row (an image must survive every attack on the scoring draws: a pessimistic
+bound).
 
-A rerun with the same settings skips finished batches; other settings into the same OUT are refused. More
---draws re-score the saved adversarial examples without attacking again. Under torchrun
-(torchrun --nproc_per_node=N -m mimicfast eval -n 64 ...; torchrun needs the short -n) the batches are sharded
-over the ranks; every image has its own seeds, so the rows equal those of a single process.
+One OUT holds one run identity (the spec id: model, classifier and data content, T, eps, norm, attack budget,
+grad, tau, seed, batch size, device type, versions). A rerun with the same identity skips finished batches and
+may add defenses, attacks, images and draws; another identity into the same OUT is refused, naming the first
+difference. Rows carry a running digest: edited, removed or injected rows are reported and not counted. Under
+torchrun (torchrun --nproc_per_node=N -m mimicfast eval -n 64 ...; torchrun needs the short -n) the batches are
+sharded over the ranks; every image has its own seeds, so the rows equal those of a single process.
 
 Attacks: clean (no attack), transfer (PGD on the bare classifier), pgd (PGD with EOT through the purifier),
 apgd-ce, apgd-dlr, aa-rand (APGD-CE then APGD-DLR with EOT), cw (Carlini-Wagner L2). Attacks through the
@@ -59,6 +65,9 @@ def add_parser(subparsers) -> None:
                    help="TorchScript file, or a state dict with --classifier-class (default: the bundled CNN)")
     g.add_argument("--classifier-class", default=None, metavar="MODULE:CLASS",
                    help="class of a state-dict --classifier, e.g. mypkg.nets:ResNet18")
+    g.add_argument("--trust-classifier-code", action="store_true",
+                   help="allow a classifier that runs code when loaded: a TorchScript file or --classifier-class "
+                        "(only for files and modules you trust)")
     g.add_argument("--classifier-kwargs", type=json.loads, default=None, metavar="JSON",
                    help="constructor arguments of --classifier-class as JSON")
     g.add_argument("--checkpoint", type=Path, default=None,
@@ -73,7 +82,10 @@ def add_parser(subparsers) -> None:
     g.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset field, e.g. --set scale=0.003 --set window=None (repeatable)")
     g.add_argument("--draws", type=int, default=5,
-                   help="defense draws per image for the worst-of-N and majority protocols (default: 5)")
+                   help="scoring draws per image for the worst-of-N and majority protocols (default: 5)")
+    g.add_argument("--choice-draws", type=int, default=3,
+                   help="attack-side draws per image and candidate on which the attacker picks its single "
+                        "submission (disjoint from the scoring draws; default: 3)")
     g = p.add_argument_group("attacks")
     g.add_argument("--attacks", default="clean,transfer,pgd",
                    help="comma-separated from clean,transfer,pgd,apgd-ce,apgd-dlr,aa-rand,cw "
@@ -98,33 +110,43 @@ def add_parser(subparsers) -> None:
                    help="images per batch, the unit of resuming and sharding (default: 8)")
     g.add_argument("--out", type=Path, default=None, help="results folder (resumable)")
     g.add_argument("--summarize", type=Path, nargs="+", default=None, metavar="DIR",
-                   help="only (re)write the summary of finished folder(s); several folders print one table")
+                   help="only (re)write the summary of a folder; several folders of one run (same spec id) print "
+                        "one pooled table, folders of different runs are refused")
     g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     """Run ``mimicfast eval``; returns the exit status."""
     if args.summarize is not None:
-        from mimicfast.evaluate.summary import combined_markdown, summarize
+        from mimicfast.evaluate.summary import combined, report, summarize
 
-        summaries = [summarize(d) for d in args.summarize]
-        print(combined_markdown(args.summarize, summaries))
+        folders = args.summarize
+        summary = summarize(folders[0]) if len(folders) == 1 else combined(folders)
+        for note in summary["notes"]:
+            print(f"note: {note}", file=sys.stderr)
+        print(report(summary))
         return 0
     if args.out is None:
         raise InputError("--out DIR is required (or --summarize DIR)")
+    from mimicfast.evaluate.prepare import build_spec
     from mimicfast.evaluate.runner import run
 
-    summary = run(
-        args.out, data=args.data, labels=args.labels, pad=args.pad, classifier=args.classifier,
+    spec = build_spec(
+        data=args.data, labels=args.labels, pad=args.pad, classifier=args.classifier,
         classifier_class=args.classifier_class, classifier_kwargs=args.classifier_kwargs,
-        checkpoint=args.checkpoint, config=args.config, preset=args.preset.split(","), steps=args.steps,
-        overrides=dict(args.overrides), defense=args.defense, attacks=args.attacks, eps=args.eps, norm=args.norm,
-        attack_steps=args.attack_steps, eot=args.eot, grad=args.grad, tau=args.tau, draws=args.draws, n=args.n, seed=args.seed,
-        batch_size=args.batch_size, device=args.device, threads=args.threads, progress=not args.no_progress,
+        trust_classifier_code=args.trust_classifier_code, checkpoint=args.checkpoint, config=args.config,
+        preset=args.preset.split(","), steps=args.steps, overrides=dict(args.overrides), defense=args.defense,
+        attacks=args.attacks, eps=args.eps, norm=args.norm, attack_steps=args.attack_steps, eot=args.eot,
+        grad=args.grad, tau=args.tau, draws=args.draws, choice_draws=args.choice_draws, n=args.n, seed=args.seed,
+        batch_size=args.batch_size, device=args.device, threads=args.threads,
+        progress=not args.no_progress and sys.stderr.isatty(),
     )
+    summary = run(spec, args.out)
     if summary is not None:
-        print((args.out / "summary.md").read_text())
+        from mimicfast.evaluate.summary import report
+
+        print(report(summary))
     return 0

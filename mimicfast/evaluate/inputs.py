@@ -27,7 +27,7 @@ from torch import nn
 
 from mimicfast.decode import IMAGE_SUFFIXES, Geometry, open_input, read_inputs
 from mimicfast.errors import CheckpointError, InputError
-from mimicfast.models.identity import network_digest, update_with_tensors
+from mimicfast.models.identity import model_digest, update_with_tensors
 from mimicfast.safe_read import read_torch
 
 TRUST_FLAG = "--trust-classifier-code"
@@ -286,7 +286,7 @@ def classifier_identity(path: Path, cls: type[nn.Module] | None = None, kwargs: 
     digest = hashlib.sha256(f"{cls.__module__}:{cls.__qualname__}".encode())
     digest.update(json.dumps(dict(kwargs or {}), sort_keys=True, default=repr).encode())
     digest.update(_module_source(cls.__module__))
-    update_with_tensors(digest, state)
+    update_with_tensors(digest, sorted(state.items()))
     return f"{cls.__qualname__}:sha256:{digest.hexdigest()[:16]}"
 
 
@@ -305,7 +305,7 @@ def _module_source(name: str) -> bytes:
 
 def load_model(path: Path | None, config: str | None = None, device: str = "cpu") -> tuple[nn.Module, str]:
     """``(diffusion network, identity)``: any checkpoint :func:`mimicfast.load` accepts, or (None) the bundled
-    Fashion-MNIST UNet. The identity is the network's content (:func:`mimicfast.models.identity.network_digest`:
+    Fashion-MNIST UNet. The identity is the network's content (:func:`mimicfast.models.identity.model_digest`:
     its class, the config it was built from and its tensors), whichever file and config file it came from."""
     if path is None:
         from mimicfast.default import load_default_unet
@@ -315,4 +315,4 @@ def load_model(path: Path | None, config: str | None = None, device: str = "cpu"
         from mimicfast.models import load
 
         net = load(path, config).to(device)
-    return net, f"{type(net).__name__}:sha256:{network_digest(net)[:16]}"
+    return net, f"{type(net).__name__}:sha256:{model_digest(net)[:16]}"

@@ -1,38 +1,37 @@
-"""The on-disk state of an evaluation run, built to survive being killed at any moment.
+"""The on-disk state of an evaluation run, built to survive being killed at any moment and to refuse tampering.
 
 Layout of ``--out DIR``::
 
-    settings.json            everything that determines a row (a rerun with other settings is refused)
-    rows/rank-<r>.jsonl      one JSON row per (defense, attack, image, defense draw), appended + fsync per batch
-    adv/<defense>/<attack>/batch-<b>.pt   the batch's adversarial examples {"indices", "x_adv"}
+    settings.json            the run identity (spec id + identity), the defenses and attacks run, the labels
+    rows/rank-<r>.jsonl      one row per (defense, attack, role, image, draw), with a running digest
+                             (:mod:`mimicfast.evaluate.rows`); rows/rank-<r>.head.json: its row count and digest
+    adv/<defense>/<attack>/batch-<b>.pt   the batch's adversarial examples {"spec", "indices", "x_adv"}
     timing/rank-<r>.jsonl    seconds spent per (defense, attack, batch)
     rows.jsonl, summary.json, summary.md   written at the end (and by ``--summarize``)
 
-A row is ``{"defense", "attack", "index", "draw", "label", "pred", "dist"}`` (``dist``: the perturbation's size
-in the run's norm). The number of defense draws, the number of images and the lists of defenses and attacks are
-not part of the settings: a rerun may add draws (scored from the saved adversarial examples, without attacking
-again), images, defenses or attacks to the same folder.
+A folder holds the results of one spec id (:mod:`mimicfast.evaluate.spec`): a rerun with another identity is
+refused, naming the first difference. A rerun may add defenses, attacks, images and scoring or choice draws.
+Saved adversarial examples are checked on load (their spec, images, shape, dtype, finite, in [0, 1], within eps
+of the clean image) and recomputed, with a note, when they fail.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import math
 import re
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
-from mimicfast.atomic import save_torch, write_text
-from mimicfast.errors import InputError
+from mimicfast.atomic import save_torch, write_atomic, write_text
+from mimicfast.errors import CheckpointError, InputError
+from mimicfast.evaluate.spec import IDENTITY, RunSpec, first_difference, preset_record, spec_id_of
+from mimicfast.safe_read import MAX_CHECKPOINT_BYTES, one_line, open_regular, read_json
 
 SETTINGS = "settings.json"
-RowKey = tuple[str, str, int, int]  # (defense, attack, index, draw)
-
-
-def row_key(row: dict) -> RowKey:
-    return row["defense"], row["attack"], int(row["index"]), int(row["draw"])
+FORMAT = 2
+_TIMING_FIELDS = ("attack_s", "score_s")
 
 
 def slug(name: str) -> str:
@@ -40,85 +39,183 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name).strip("_")
 
 
-def check_settings(out: Path, fixed: dict, extra: dict) -> None:
-    """Write ``settings.json`` (``fixed`` + ``extra``) or refuse when ``out`` holds rows of other ``fixed`` settings.
-
-    ``extra`` (draws, n, the last command, ...) is updated on every run; ``fixed`` must match exactly.
-    """
-    path = out / SETTINGS
-    if path.is_file():
-        old = json.loads(path.read_text())["fixed"]
-        new = json.loads(json.dumps(fixed))
-        # A setting absent from an older folder reads as None (its default then).
-        diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        if diff:
-            shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff)
-            raise InputError(f"{out} holds results of other settings ({shown}); choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps({"fixed": fixed, **extra}, indent=2) + "\n")
+def has_results(out: Path) -> bool:
+    """Whether ``out`` holds rows or adversarial examples (a folder with only settings holds nothing yet)."""
+    return any(p.is_file() and p.stat().st_size for p in (out / "rows").glob("*.jsonl")) or \
+        any((out / "adv").rglob("*.pt"))
 
 
 def read_settings(out: Path) -> dict:
+    """The checked settings.json of folder ``out``.
+
+    Raises:
+        InputError: no settings.json, or one that is damaged or edited (the message names the file and what to do).
+    """
     path = out / SETTINGS
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{out} is not an evaluation folder (no {SETTINGS})")
-    return json.loads(path.read_text())
+    fix = "it cannot be trusted: rerun into a new --out (or delete the folder)"
+    try:
+        settings = read_json(path)
+    except CheckpointError as exc:
+        raise InputError(f"{path} is damaged ({exc}); {fix}") from None
+    problem = _settings_problem(settings)
+    if problem is not None:
+        raise InputError(f"{path} is damaged ({problem}); {fix}")
+    if spec_id_of(settings["identity"]) != settings["spec_id"]:
+        raise InputError(f"{path} was edited (its spec id does not match its identity); {fix}")
+    return settings
 
 
-def read_jsonl(paths: Iterable[Path]) -> list[dict]:
-    """Every complete JSON line of ``paths`` (a line cut short by a kill is skipped)."""
-    rows = []
-    for path in paths:
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
+def _settings_problem(s: object) -> str | None:
+    if not isinstance(s, dict):
+        return f"a JSON {type(s).__name__}, not an object"
+    if s.get("format") != FORMAT:
+        return f"format {s.get('format')!r}, this version reads format {FORMAT}"
+    kinds = {"spec_id": str, "identity": dict, "presets": dict, "runs": dict, "labels": list, "classes": int,
+             "draws": int, "choice_draws": int, "draws_written": int, "choice_draws_written": int}
+    for key, kind in kinds.items():
+        if type(s.get(key)) is not kind:
+            return f"{key!r} missing or not a {kind.__name__}"
+    if set(s["identity"]) != set(IDENTITY):
+        return "the identity does not have the run's fields"
+    if not all(type(v) is int and 0 <= v < s["classes"] for v in s["labels"]):
+        return "labels that are not classes"
+    if not all(isinstance(a, list) and all(isinstance(x, str) for x in a) for a in s["runs"].values()):
+        return "'runs' is not a list of attacks per defense"
+    if min(s["draws"], s["choice_draws"]) < 1 or s["draws"] > s["draws_written"] or \
+            s["choice_draws"] > s["choice_draws_written"]:
+        return "draw counts out of range"
+    return None
 
 
-def read_rows(out: Path) -> dict[RowKey, dict]:
-    """All rows written so far by any rank, one per key (the first written wins)."""
-    rows: dict[RowKey, dict] = {}
-    for row in read_jsonl(sorted((out / "rows").glob("rank-*.jsonl"))):
-        rows.setdefault(row_key(row), row)
-    return rows
+def merge_settings(out: Path, spec: RunSpec, command: str, world: int) -> dict:
+    """The settings this run writes: the folder's, with this run's defenses, attacks, draws and images added.
+
+    Raises:
+        InputError: the folder holds results of another identity (naming the first difference), a defense label
+            whose settings differ, or other labels for the same images.
+    """
+    old = read_settings(out) if (out / SETTINGS).exists() and has_results(out) else None
+    if old is not None:
+        diff = first_difference(old["identity"], spec.identity)
+        if diff is not None:
+            raise InputError(f"{out} holds results of another run ({diff}); choose another --out")
+    labels = spec.inputs.y[: spec.n].tolist()
+    settings = old or {"format": FORMAT, "spec_id": spec.spec_id, "identity": spec.identity, "presets": {},
+                       "runs": {}, "labels": [], "classes": spec.inputs.classes, "draws_written": 0,
+                       "choice_draws_written": 0}
+    common = min(len(labels), len(settings["labels"]))
+    if labels[:common] != settings["labels"][:common] or settings["classes"] != spec.inputs.classes:
+        raise InputError(f"{out} holds results for other labels or classes; choose another --out")
+    settings["labels"] = max(labels, settings["labels"], key=len)
+    for label, preset in spec.defenses:
+        record = None if preset is None else preset_record(preset)
+        if settings["presets"].setdefault(label, record) != record:
+            raise InputError(f"{out}: defense {label!r} was run with other settings; choose another --out")
+        run = settings["runs"].setdefault(label, [])
+        run += [a for a in (spec.attack_label(a, preset) for a in spec.attacks_for(preset)) if a not in run]
+    settings.update(draws=spec.draws, choice_draws=spec.choice_draws,
+                    draws_written=max(settings["draws_written"], spec.draws),
+                    choice_draws_written=max(settings["choice_draws_written"], spec.choice_draws),
+                    last_run={"command": command, "threads": torch.get_num_threads(), "world_size": world,
+                              "device": spec.device})
+    return settings
 
 
-class JsonlWriter:
-    """Appends JSON lines to one file; each :meth:`write` ends with an fsync, so a kill loses at most that call."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_file():
-            # A kill mid-line leaves a partial last line: drop it so the next row starts on a line of its own.
-            data = path.read_bytes()
-            if data and not data.endswith(b"\n"):
-                with open(path, "r+b") as f:
-                    f.truncate(data.rfind(b"\n") + 1)
-        self.path = path
-
-    def write(self, rows: Iterable[dict]) -> None:
-        text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
-        with open(self.path, "a") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+def write_settings(out: Path, settings: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / SETTINGS, json.dumps(settings, indent=1) + "\n")
 
 
 def adv_path(out: Path, defense: str, attack: str, batch: int) -> Path:
     return out / "adv" / slug(defense) / slug(attack) / f"batch-{batch:05d}.pt"
 
 
-def save_adv(path: Path, indices: list[int], x_adv: torch.Tensor) -> None:
+def save_adv(path: Path, spec_id: str, indices: list[int], x_adv: torch.Tensor) -> None:
     """Save a batch's adversarial examples atomically (never half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_torch({"indices": indices, "x_adv": x_adv.detach().cpu()}, path)
+    save_torch({"spec": spec_id, "indices": list(indices), "x_adv": x_adv.detach().cpu()}, path)
 
 
-def load_adv(path: Path, indices: list[int]) -> torch.Tensor | None:
-    """The saved adversarial examples of a batch, or None if absent or saved for other images."""
-    if not path.is_file():
-        return None
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    return saved["x_adv"] if list(saved["indices"]) == list(indices) else None
+def load_adv(path: Path, spec_id: str, indices: list[int], x: torch.Tensor, eps: float,
+             norm: str) -> tuple[torch.Tensor | None, str | None]:
+    """``(saved adversarial examples of the batch, None)``, or ``(None, why not)`` when absent (no note) or
+    unusable: another spec or images, not a tensor like ``x``, non-finite, outside [0, 1] or farther than eps
+    from ``x`` in ``norm``."""
+    if not path.exists():
+        return None, None
+    try:
+        with open_regular(path, max_bytes=MAX_CHECKPOINT_BYTES, what="adversarial examples") as f:
+            saved = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 -- any failure to read a saved batch means: recompute it
+        return None, f"{path}: unreadable ({one_line(exc)}); recomputed"
+    x_cpu = x.detach().cpu()
+    problem = None
+    if not isinstance(saved, dict) or saved.get("spec") != spec_id or saved.get("indices") != list(indices):
+        problem = "saved by another run or for other images"
+    elif not isinstance(saved.get("x_adv"), torch.Tensor):
+        problem = "no tensor x_adv"
+    else:
+        x_adv = saved["x_adv"]
+        if x_adv.shape != x_cpu.shape or x_adv.dtype != x_cpu.dtype:
+            problem = f"{x_adv.dtype} {list(x_adv.shape)}, expected {x_cpu.dtype} {list(x_cpu.shape)}"
+        elif not bool(torch.isfinite(x_adv).all()) or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
+            problem = "values outside [0, 1] or not finite"
+        else:
+            far = float(distances(x_cpu, x_adv, norm).max())
+            if far > eps * (1 + 1e-5) + 1e-6:
+                problem = f"{far:.6g} away from the clean image in {norm}, more than eps {eps:g}"
+            else:
+                return x_adv, None
+    return None, f"{path}: {problem}; recomputed"
+
+
+def distances(x: torch.Tensor, x_adv: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-image size of ``x_adv - x`` in ``norm`` (``Linf`` or ``L2``), in float64."""
+    delta = (x_adv.double() - x.double()).flatten(1)
+    return delta.abs().amax(1) if norm == "Linf" else delta.norm(dim=1)
+
+
+def read_timing(out: Path) -> list[dict]:
+    """Every timing row of the folder (a last line cut by a kill is skipped).
+
+    Raises:
+        InputError: a damaged timing file (naming it and what to do).
+    """
+    rows = []
+    for path in sorted((out / "timing").glob("rank-*.jsonl")):
+        with open_regular(path, max_bytes=MAX_CHECKPOINT_BYTES, what="timing file") as f:
+            lines = f.read().split(b"\n")[:-1]
+        for number, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+                ok = isinstance(row, dict) and all(
+                    isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)
+                    and math.isfinite(row[k]) and row[k] >= 0 for k in _TIMING_FIELDS)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise InputError(f"{path} line {number} is damaged (not a timing row with {' and '.join(_TIMING_FIELDS)}"
+                                 f"); it holds only timings: delete {path} and rerun")
+            rows.append(row)
+    return rows
+
+
+class TimingWriter:
+    """Appends timing rows to ``timing/rank-<rank>.jsonl``; opening drops a last line cut by a kill."""
+
+    def __init__(self, out: Path, rank: int) -> None:
+        self.path = out / "timing" / f"rank-{rank}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file():
+            with open_regular(self.path, max_bytes=MAX_CHECKPOINT_BYTES, what="timing file") as f:
+                data = f.read()
+            if not data.endswith(b"\n") and data:
+                kept = data[: data.rfind(b"\n") + 1]
+                write_atomic(self.path, lambda f: f.write(kept))
+
+    def write(self, row: dict) -> None:
+        # An append (timings are informative; a torn last line is skipped on read and dropped on the next open).
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")

@@ -1,111 +1,201 @@
 """``summary.json`` and ``summary.md`` of an evaluation folder: accuracy per (defense, attack, protocol).
 
 ``summary.json`` is ``{"rows": [{"defense", "attack", "protocol", "accuracy", "n", "ci95": [lo, hi]}],
-"settings": {...}}``. An image counts in a protocol once all its N draws are written (N = the folder's
-``draws``; 1 for the bare classifier), so a summary of a run still in progress covers the images finished so far.
+"settings": {...}, "notes": [...]}``. An image counts in a protocol once all its N scoring draws are written
+(N = the folder's ``draws``; 1 for the bare classifier), so a summary of a run still in progress covers the images
+finished so far. Only rows that pass :func:`mimicfast.evaluate.rows.read_rows` count; ``notes`` says what was
+left out and why.
+
+Per purifier defense two rows combine the attacks:
+
+* ``submission`` (the headline): per image the attacker submits **one** input, chosen among the clean image and
+  every attack's adversarial example by its own, attack-side draws (the ``choice`` rows: fewest correct
+  classifications, then the lowest mean probability of the true class; ties go to the first attack run), never
+  by the scoring draws; the submission is then scored on the N scoring draws.
+* ``all attacks (per image)``: an image counts only if it counts under every attack, each judged on the scoring
+  draws: a pessimistic bound that lets the attacker pick after seeing the defense's scoring draws.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from mimicfast.atomic import write_text
+from mimicfast.errors import InputError
 from mimicfast.evaluate.protocols import PROTOCOLS, image_correct, wilson_interval
-from mimicfast.evaluate.store import read_jsonl, read_rows, read_settings
+from mimicfast.evaluate.rows import RowKey, read_rows
+from mimicfast.evaluate.spec import first_difference
+from mimicfast.evaluate.store import read_settings, read_timing
 
-_PROTOCOL_TITLES = {"own": "own seed", "worst": "worst of {N}", "majority": "majority of {N}"}
-
-
+SUBMISSION = "submission"
 ALL_ATTACKS = "all attacks (per image)"
+_PROTOCOL_TITLES = {"own": "own seed", "worst": "worst of {N}", "majority": "majority of {N}"}
+MEANINGS = (
+    "own seed: the image is classified right with the defense's first scoring draw (how a stochastic defense is "
+    "usually reported).",
+    "worst of {N}: right on all {N} scoring draws (an image counts only if no draw is fooled).",
+    "majority of {N}: the true class gets strictly more of the {N} scoring draws than any other class.",
+    f"{SUBMISSION}: the attacker submits one input per image, chosen among the clean image and every attack's "
+    "output on its own draws (disjoint from the scoring draws); the headline.",
+    f"{ALL_ATTACKS}: an image counts only if it survives every attack on the scoring draws: a pessimistic bound "
+    "(the attacker may pick after seeing the scoring draws).",
+)
 
 
-def summarize_rows(rows: list[dict], draws: int) -> list[dict]:
-    """The summary rows of ``rows`` (in first-seen (defense, attack) order), judged on draws ``0..draws-1``.
-
-    A defense attacked by two or more attacks also gets an :data:`ALL_ATTACKS` row: an image counts only if it
-    counts under every attack (the attacker picks the best attack per image, as AutoAttack's ensemble does), over
-    the images finished under all of them.
-    """
-    preds: dict[tuple[str, str], dict[int, dict[int, int]]] = defaultdict(lambda: defaultdict(dict))
-    labels: dict[int, int] = {}
-    for row in rows:
-        preds[row["defense"], row["attack"]][int(row["index"])][int(row["draw"])] = int(row["pred"])
-        labels[int(row["index"])] = int(row["label"])
-    complete: dict[tuple[str, str], dict[int, list[int]]] = {}
-    for (defense, attack), per_image in preds.items():
-        # The bare classifier is deterministic: it is scored with one draw.
-        need = 1 if defense == "none" else draws
-        complete[defense, attack] = {i: [d[k] for k in range(need)] for i, d in per_image.items()
-                                     if all(k in d for k in range(need))}
-    for defense in dict.fromkeys(d for d, _ in complete):
-        attacked = [a for d, a in complete if d == defense and a != "clean"]
-        if len(attacked) >= 2:
-            images = set.intersection(*(set(complete[defense, a]) for a in attacked))
-            complete[defense, ALL_ATTACKS] = {i: [complete[defense, a][i] for a in attacked] for i in sorted(images)}
+def summarize_rows(rows: dict[RowKey, dict], settings: dict) -> list[dict]:
+    """The summary rows of checked ``rows`` for a folder with ``settings`` (defenses and attacks in run order)."""
+    draws, choice = settings["draws"], settings["choice_draws"]
+    labels = settings["labels"]
+    by: dict[tuple[str, str, str], dict[int, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
+    for (defense, attack, role, index, draw), row in rows.items():
+        by[defense, attack, role][index][draw] = row
     out = []
-    for (defense, attack), per_image in complete.items():
-        for protocol in PROTOCOLS:
-            n = len(per_image)
-            if attack == ALL_ATTACKS:
-                correct = sum(all(image_correct(p, labels[i], protocol) for p in per_attack)
-                              for i, per_attack in per_image.items())
-            else:
-                correct = sum(image_correct(p, labels[i], protocol) for i, p in per_image.items())
-            lo, hi = wilson_interval(correct, n)
-            out.append({"defense": defense, "attack": attack, "protocol": protocol,
-                        "accuracy": correct / n if n else float("nan"), "n": n, "ci95": [lo, hi]})
+    for defense, attacks in settings["runs"].items():
+        need = 1 if defense == "none" else draws
+        scored = {a: {i: [d[k]["pred"] for k in range(need)] for i, d in by[defense, a, "score"].items()
+                      if all(k in d for k in range(need))} for a in attacks}
+        table = dict(scored)
+        if defense != "none":
+            table = {SUBMISSION: _submission(attacks, scored, by, defense, choice), **table}
+        attacked = [a for a in attacks if a != "clean"]
+        if len(attacked) >= 2:
+            images = set.intersection(*(set(scored[a]) for a in attacked))
+            table[ALL_ATTACKS] = {i: [scored[a][i] for a in attacked] for i in sorted(images)}
+        for attack, per_image in table.items():
+            for protocol in PROTOCOLS:
+                if attack == ALL_ATTACKS:
+                    correct = sum(all(image_correct(p, labels[i], protocol) for p in per_attack)
+                                  for i, per_attack in per_image.items())
+                else:
+                    correct = sum(image_correct(p, labels[i], protocol) for i, p in per_image.items())
+                n = len(per_image)
+                lo, hi = wilson_interval(correct, n)
+                out.append({"defense": defense, "attack": attack, "protocol": protocol,
+                            "accuracy": correct / n if n else float("nan"), "n": n, "ci95": [lo, hi]})
     return out
 
 
+def _submission(attacks: list[str], scored: dict[str, dict[int, list[int]]], by: dict, defense: str,
+                choice: int) -> dict[int, list[int]]:
+    """Per image, the scoring predictions of the input the attacker submits (chosen on the choice draws only);
+    images whose candidates are not all finished are left out."""
+    chosen = {}
+    images = set.intersection(*(set(scored[a]) for a in attacks)) if attacks else set()
+    for i in sorted(images):
+        seen = []
+        for a in attacks:
+            draws = by[defense, a, "choice"].get(i, {})
+            if not all(k in draws for k in range(choice)):
+                break
+            rows = [draws[k] for k in range(choice)]
+            seen.append((sum(r["pred"] == r["label"] for r in rows), sum(r["p_true"] for r in rows), a))
+        else:
+            best = min(seen, key=lambda s: s[:2])  # min keeps the first of equals: the first attack run
+            chosen[i] = scored[best[2]][i]
+    return chosen
+
+
 def format_markdown(rows: list[dict], draws: int) -> str:
-    """A Markdown table: one line per (defense, attack), a column per protocol (accuracy, 95% interval, n)."""
+    """Two Markdown tables: the headline (per purifier defense: the single submission under every protocol, clean
+    worst of N and the all-attacks bound), then one line per (defense, attack) with every protocol."""
     cells: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
     for r in rows:
         cells[r["defense"], r["attack"]][r["protocol"]] = r
+    worst = _PROTOCOL_TITLES["worst"].format(N=draws)
     head = [_PROTOCOL_TITLES[p].format(N=draws) for p in PROTOCOLS]
-    lines = ["| defense | attack | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+    lines = []
+    if any(attack == SUBMISSION for _, attack in cells):
+        lines += ["| defense | submission: " + " | submission: ".join(head) + f" | clean: {worst} | "
+                  f"{ALL_ATTACKS}: {worst} |", "|---|" + "---|" * (len(head) + 2)]
+        for (defense, attack), by_protocol in cells.items():
+            if attack == SUBMISSION:
+                extra = [cells.get((defense, a), {}).get("worst") for a in ("clean", ALL_ATTACKS)]
+                chosen = [*map(by_protocol.get, PROTOCOLS), *extra]
+                lines.append(f"| {defense} | " + " | ".join(_cell(c) for c in chosen) + " |")
+        lines.append("")
+    lines += ["| defense | attack | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
     for (defense, attack), by_protocol in cells.items():
         lines.append(f"| {defense} | {attack} | " + " | ".join(_cell(by_protocol[p]) for p in PROTOCOLS) + " |")
     return "\n".join(lines)
 
 
-def _cell(r: dict) -> str:
-    if not r["n"]:
+def _cell(r: dict | None) -> str:
+    if r is None or not r["n"]:
         return "-"
     lo, hi = r["ci95"]
     return f"{100 * r['accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={r['n']})"
 
 
-def summarize(out: Path, draws: int | None = None) -> dict:
-    """Write ``rows.jsonl`` (all ranks' rows, sorted), ``summary.json`` and ``summary.md`` into ``out``; return
-    the summary. ``draws`` defaults to the folder's last run's."""
+def meanings(draws: int) -> str:
+    """What each protocol and combined row means, as a Markdown list."""
+    return "\n".join(f"* {m.format(N=draws)}" for m in MEANINGS)
+
+
+def summarize(out: Path) -> dict:
+    """Write ``rows.jsonl`` (the counted rows of all ranks, sorted), ``summary.json`` and ``summary.md`` into
+    ``out``; return the summary."""
     settings = read_settings(out)
-    draws = settings["draws"] if draws is None else draws
-    rows = sorted(read_rows(out).values(), key=lambda r: (r["defense"], r["attack"], r["index"], r["draw"]))
-    # Keep the order in which the run evaluated defenses and attacks.
-    order = {(d, a): k for k, (d, a) in enumerate((d, a) for d in settings["defenses"] for a in settings["attacks"])}
-    rows.sort(key=lambda r: order.get((r["defense"], r["attack"]), len(order)))
-    write_text(out / "rows.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    summary = {"rows": summarize_rows(rows, draws), "settings": {**settings, "draws": draws}}
-    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    timing = read_jsonl(sorted((out / "timing").glob("rank-*.jsonl")))
-    seconds = sum(t["attack_s"] + t["score_s"] for t in timing)
-    text = (f"# Evaluation: {out}\n\n{format_markdown(summary['rows'], draws)}\n\n"
-            f"Accuracy [95% Wilson interval] (images). Settings: `{json.dumps(settings['fixed'])}`; "
-            f"{draws} defense draws. Compute: {seconds:.0f} s summed over batches and processes.\n")
-    write_text(out / "summary.md", text)
+    rows, notes = read_rows(out, settings)
+    ordered = sorted(rows.values(), key=lambda r: (r["defense"], r["attack"], r["role"], r["index"], r["draw"]))
+    write_text(out / "rows.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered))
+    summary = {"rows": summarize_rows(rows, settings), "settings": settings, "notes": notes}
+    write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    seconds = sum(t["attack_s"] + t["score_s"] for t in read_timing(out))
+    write_text(out / "summary.md", f"# Evaluation: {out}\n\n{report(summary)}\n\nCompute: {seconds:.0f} s summed "
+                                   f"over batches and processes.\n")
     return summary
 
 
-def combined_markdown(folders: list[Path], summaries: list[dict]) -> str:
-    """One Markdown table over several folders (one folder: its own table). Folders with the same number of
-    draws are summarised together, so the :data:`ALL_ATTACKS` row covers the attacks of all of them."""
-    draws = {s["settings"]["draws"] for s in summaries}
-    if len(draws) == 1:
-        n_draws = draws.pop()
-        rows = [r for folder in folders for r in read_rows(folder).values()]
-        return format_markdown(summarize_rows(rows, n_draws), n_draws)
-    return "\n\n".join(f"{folder}:\n\n" + format_markdown(s["rows"], s["settings"]["draws"])
-                       for folder, s in zip(folders, summaries, strict=True))
+def report(summary: dict) -> str:
+    """The tables, what the protocols mean, the settings as a list and any notes (Markdown)."""
+    s = summary["settings"]
+    draws = s["draws"]
+    settings = [f"* spec id `{s['spec_id']}`", *(f"* {k}: `{v}`" for k, v in s["identity"].items()),
+                f"* scoring draws N = {draws}; attack-side choice draws = {s['choice_draws']}; images: "
+                f"{len(s['labels'])}; classes: {s['classes']}",
+                *(f"* defense `{label}`: " + ("the bare classifier" if p is None else
+                                               ", ".join(f"{k}={v}" for k, v in p.items()))
+                  for label, p in s["presets"].items()),
+                *(f"* attacks on `{d}`: {', '.join(a)}" for d, a in s["runs"].items())]
+    text = (f"{format_markdown(summary['rows'], draws)}\n\nAccuracy [95% Wilson interval] (images).\n\n"
+            f"{meanings(draws)}\n\nSettings:\n\n" + "\n".join(settings))
+    if summary["notes"]:
+        text += "\n\nNotes (rows left out):\n\n" + "\n".join(f"* {n}" for n in summary["notes"])
+    return text
+
+
+def combined(folders: list[Path]) -> dict:
+    """The summary of several folders of one spec id, their rows pooled (not written anywhere).
+
+    Raises:
+        InputError: the folders hold different runs (naming the first difference) or disagree on a defense.
+    """
+    settings = [read_settings(f) for f in folders]
+    first = settings[0]
+    for folder, s in zip(folders[1:], settings[1:], strict=True):
+        diff = first_difference(first["identity"], s["identity"])
+        if diff is not None:
+            raise InputError(f"{folders[0]} and {folder} hold different runs ({diff}); summarize them separately")
+    merged = {**first, "runs": {}, "presets": {}}
+    for s in settings:
+        for label, record in s["presets"].items():
+            if merged["presets"].setdefault(label, record) != record:
+                raise InputError(f"defense {label!r} has other settings in another folder; summarize separately")
+        for d, attacks in s["runs"].items():
+            merged["runs"].setdefault(d, []).extend(a for a in attacks if a not in merged["runs"][d])
+    merged["labels"] = max((s["labels"] for s in settings), key=len)
+    merged["draws"] = min(s["draws"] for s in settings)
+    merged["choice_draws"] = min(s["choice_draws"] for s in settings)
+    rows: dict[RowKey, dict] = {}
+    notes: list[str] = []
+    for folder in folders:
+        found, more = read_rows(folder, {**merged, "draws_written": max(s["draws_written"] for s in settings),
+                                         "choice_draws_written": max(s["choice_draws_written"] for s in settings)})
+        notes += more
+        clashes = Counter(k for k, r in found.items() if rows.setdefault(k, r)["pred"] != r["pred"])
+        if clashes:
+            notes.append(f"{folder}: {sum(clashes.values())} rows disagree with another folder's; the first "
+                         f"folder's are counted")
+    return {"rows": summarize_rows(rows, merged), "settings": merged, "notes": notes}

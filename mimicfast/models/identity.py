@@ -1,32 +1,35 @@
-"""Content identity of a network: a SHA-256 of what it computes (its class, its config and every tensor of its
-state dict, by name, dtype, shape and bytes), so the same weights read from another file or format give the same
-digest and new weights at the same path do not."""
+"""Content identity of a network: what it computes, independent of the file it came from.
+
+One digest serves every place that must notice "same path, other weights" or "other file, same weights": the
+resume chunks of ``mimicfast purify`` and the run identity of ``mimicfast eval``.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-__all__ = ["network_digest", "update_with_tensors"]
-
-
-def update_with_tensors(digest: Any, tensors: Mapping[str, Tensor]) -> None:
-    """Feed ``tensors`` into a hashlib ``digest``, in name order: each name, dtype, shape and the raw bytes."""
-    for name, tensor in sorted(tensors.items()):
-        flat = tensor.detach().cpu().contiguous().view(-1)
-        digest.update(f"\0{name}|{flat.dtype}|{list(tensor.shape)}\0".encode())
-        digest.update(flat.view(torch.uint8).numpy())
+__all__ = ["model_digest", "update_with_tensors"]
 
 
-def network_digest(model: nn.Module) -> str:
-    """Hex SHA-256 of ``model``'s class name, its ``checkpoint_config`` (as :func:`mimicfast.models.load` sets it)
-    and its state dict."""
+def update_with_tensors(digest: hashlib._Hash, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Feed ``(name, tensor)`` pairs into ``digest``: each name, dtype, shape and the tensor's bytes."""
+    for name, tensor in named:
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"\0{name}|{tensor.dtype}|{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy())
+
+
+def model_digest(model: nn.Module) -> str:
+    """SHA-256 (hex) of what a network computes: its class name, the config it was built from
+    (``checkpoint_config`` when the loader set one) and every tensor of its state dict (names, dtypes, shapes,
+    bytes). A different file with the same weights gives the same digest; the same path with new weights or a
+    changed config does not."""
     digest = hashlib.sha256(type(model).__qualname__.encode())
     digest.update(json.dumps(getattr(model, "checkpoint_config", None), sort_keys=True, default=repr).encode())
-    update_with_tensors(digest, model.state_dict())
+    update_with_tensors(digest, sorted(model.state_dict().items()))
     return digest.hexdigest()

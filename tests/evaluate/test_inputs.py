@@ -16,6 +16,7 @@ from torch import nn
 
 from mimicfast.errors import InputError
 from mimicfast.evaluate.inputs import check_logits, classifier_identity, load_classifier, load_data, load_model
+from mimicfast.evaluate.prepare import build_spec
 from mimicfast.evaluate.runner import run
 from tests.models._archives import rezip
 
@@ -92,9 +93,10 @@ def test_bare_classifier_run_on_user_data(tmp_path):
     torch.jit.script(Tiny().eval()).save(str(tmp_path / "tiny.pt"))
     threads = torch.get_num_threads()
     try:
-        summary = run(tmp_path / "out", data=tmp_path / "d.pt", pad=True, classifier=tmp_path / "tiny.pt",
-                      trust_code=True, defense="none", attacks="clean,transfer", n=None, batch_size=4, attack_steps=2, threads=1,
-                      progress=False)
+        spec = build_spec(data=tmp_path / "d.pt", pad=True, classifier=tmp_path / "tiny.pt",
+                          trust_classifier_code=True, defense="none", attacks="clean,transfer", n=None, batch_size=4,
+                          attack_steps=2, threads=1, progress=False)
+        summary = run(spec, tmp_path / "out")
     finally:
         torch.set_num_threads(threads)
     rows = {(r["attack"], r["protocol"]): r for r in summary["rows"]}

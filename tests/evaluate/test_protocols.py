@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from mimicfast.evaluate.protocols import image_correct, wilson_interval
-from mimicfast.evaluate.seeds import PURPOSES, DefendedModel, derive_seed, image_seeds
-from mimicfast.evaluate.summary import ALL_ATTACKS, summarize_rows
+from mimicfast.evaluate.seeds import PURPOSES, DefendedModel, purpose_seeds
+from mimicfast.evaluate.summary import ALL_ATTACKS, SUBMISSION, summarize_rows
+from mimicfast.seeding import derive_seed
 
 
 def test_wilson_interval_known_values():
@@ -34,41 +35,74 @@ def test_image_correct(preds, own, worst, majority):
     assert image_correct(preds, 3, "majority") is majority
 
 
+def _settings(runs: dict, labels: list[int], draws: int, choice_draws: int = 2) -> dict:
+    return {"runs": runs, "labels": labels, "draws": draws, "choice_draws": choice_draws}
+
+
+def _rows(defense: str, attack: str, preds: list[list[int]], role: str = "score", label: int = 0,
+          p_true: float = 0.5) -> dict:
+    return {(defense, attack, role, i, d): {"defense": defense, "attack": attack, "role": role, "index": i, "draw": d,
+                                            "label": label, "pred": p, "p_true": p_true}
+            for i, per_draw in enumerate(preds) for d, p in enumerate(per_draw)}
+
+
 def test_summary_counts_only_images_with_all_draws():
-    rows = [{"defense": "paper", "attack": "pgd (bpda)", "index": i, "draw": d, "label": 0, "pred": p}
-            for i, preds in enumerate([[0, 0, 0], [0, 1, 0], [1, 1, 1]]) for d, p in enumerate(preds)]
-    rows += [{"defense": "paper", "attack": "pgd (bpda)", "index": 3, "draw": 0, "label": 0, "pred": 0}]
-    rows += [{"defense": "none", "attack": "clean", "index": i, "draw": 0, "label": 0, "pred": i % 2}
-             for i in range(4)]
-    out = {(r["defense"], r["protocol"]): r for r in summarize_rows(rows, draws=3)}
-    assert out["paper", "own"]["n"] == 3 and out["paper", "own"]["accuracy"] == pytest.approx(2 / 3)
-    assert out["paper", "worst"]["accuracy"] == pytest.approx(1 / 3)
-    assert out["paper", "majority"]["accuracy"] == pytest.approx(2 / 3)
-    assert out["none", "worst"]["n"] == 4 and out["none", "worst"]["accuracy"] == 0.5  # bare classifier: 1 draw
-    assert set(out["paper", "own"]) == {"defense", "attack", "protocol", "accuracy", "n", "ci95"}
+    rows = _rows("paper", "pgd (bpda)", [[0, 0, 0], [0, 1, 0], [1, 1, 1], [0]])
+    rows.update(_rows("none", "clean", [[i % 2] for i in range(4)]))
+    settings = _settings({"none": ["clean"], "paper": ["pgd (bpda)"]}, [0] * 4, draws=3)
+    out = {(r["defense"], r["attack"], r["protocol"]): r for r in summarize_rows(rows, settings)}
+    assert out["paper", "pgd (bpda)", "own"]["n"] == 3
+    assert out["paper", "pgd (bpda)", "own"]["accuracy"] == pytest.approx(2 / 3)
+    assert out["paper", "pgd (bpda)", "worst"]["accuracy"] == pytest.approx(1 / 3)
+    assert out["paper", "pgd (bpda)", "majority"]["accuracy"] == pytest.approx(2 / 3)
+    assert out["none", "clean", "worst"]["n"] == 4 and out["none", "clean", "worst"]["accuracy"] == 0.5
+    assert set(out["paper", "pgd (bpda)", "own"]) == {"defense", "attack", "protocol", "accuracy", "n", "ci95"}
 
 
 def test_all_attacks_row_counts_an_image_only_if_it_survives_every_attack():
-    preds = {"pgd (bpda)": [[0, 0], [0, 0], [1, 0]], "cw (bpda)": [[0, 0], [0, 1], [0, 0]]}
-    rows = [{"defense": "paper", "attack": a, "index": i, "draw": d, "label": 0, "pred": p}
-            for a, per_image in preds.items() for i, draws in enumerate(per_image) for d, p in enumerate(draws)]
-    rows += [{"defense": "paper", "attack": "clean", "index": i, "draw": d, "label": 0, "pred": 1}
-             for i in range(3) for d in range(2)]
-    rows.append({"defense": "paper", "attack": "pgd (bpda)", "index": 3, "draw": 0, "label": 0, "pred": 0})
-    out = {(r["attack"], r["protocol"]): r for r in summarize_rows(rows, draws=2)}
+    rows = _rows("paper", "pgd (bpda)", [[0, 0], [0, 0], [1, 0], [0]])
+    rows.update(_rows("paper", "cw (bpda)", [[0, 0], [0, 1], [0, 0]]))
+    rows.update(_rows("paper", "clean", [[1, 1]] * 3))
+    settings = _settings({"paper": ["clean", "pgd (bpda)", "cw (bpda)"]}, [0] * 4, draws=2)
+    out = {(r["attack"], r["protocol"]): r for r in summarize_rows(rows, settings)}
     assert out[ALL_ATTACKS, "own"]["n"] == 3  # image 3 is not finished under both attacks
     assert out[ALL_ATTACKS, "own"]["accuracy"] == pytest.approx(2 / 3)  # image 2 falls to pgd's draw 0
     assert out[ALL_ATTACKS, "worst"]["accuracy"] == pytest.approx(1 / 3)  # only image 0 survives every draw
-    assert ("clean", "own") in out and out["clean", "own"]["accuracy"] == 0  # clean is not an attack
+    assert out["clean", "own"]["accuracy"] == 0  # clean is not an attack
 
 
-def test_seed_purposes_never_overlap_and_depend_only_on_the_image():
-    seen = {p: {derive_seed(0, i, p, c) for i in range(50) for c in range(20)} for p in PURPOSES}
-    for p, seeds in seen.items():
-        assert len(seeds) == 1000
-        assert all(s >> 56 == PURPOSES[p] for s in seeds)
-    assert image_seeds(7, [5, 9], "eot", 3) == [derive_seed(7, 5, "eot", 3), derive_seed(7, 9, "eot", 3)]
-    assert derive_seed(7, 5, "eot", 3) != derive_seed(8, 5, "eot", 3)
+def test_submission_is_chosen_on_choice_draws_and_scored_on_scoring_draws():
+    # Image 0: pgd fools every choice draw, cw none: the attacker submits pgd, which the scoring draws get right.
+    # Image 1: both fool one choice draw; cw has the lower true-class probability: cw is submitted.
+    # Image 2: clean and pgd fool every choice draw with the same probabilities: the first run (clean) is submitted.
+    rows = {}
+    rows.update(_rows("paper", "clean", [[0, 0], [0, 0], [0, 0]]))
+    rows.update(_rows("paper", "pgd (bpda)", [[0, 0], [1, 1], [0, 1]]))
+    rows.update(_rows("paper", "cw (bpda)", [[1, 1], [0, 0], [1, 1]]))
+    choice = {"clean": [[0, 0], [0, 0], [1, 1]], "pgd (bpda)": [[1, 1], [1, 0], [1, 1]],
+              "cw (bpda)": [[0, 0], [0, 1], [0, 1]]}
+    for attack, preds in choice.items():
+        rows.update(_rows("paper", attack, preds, role="choice", p_true=0.1 if attack == "cw (bpda)" else 0.5))
+    settings = _settings({"paper": ["clean", "pgd (bpda)", "cw (bpda)"]}, [0] * 3, draws=2)
+    out = {(r["attack"], r["protocol"]): r for r in summarize_rows(rows, settings)}
+    # Submitted: pgd (right, right), cw (right, right), clean (right, right): all three images survive.
+    assert out[SUBMISSION, "worst"]["accuracy"] == 1 and out[SUBMISSION, "worst"]["n"] == 3
+    # The union row lets the attacker pick after the scoring draws: every image falls.
+    assert out[ALL_ATTACKS, "worst"]["accuracy"] == 0
+    # Without the choice rows of one candidate an image is not counted.
+    del rows["paper", "cw (bpda)", "choice", 2, 1]
+    out = {(r["attack"], r["protocol"]): r for r in summarize_rows(rows, settings)}
+    assert out[SUBMISSION, "own"]["n"] == 2
+
+
+def test_seed_purposes_are_disjoint_streams_of_derive_seed():
+    seen = {p: {s for i in range(50) for c in range(20) for s in purpose_seeds(0, p, [i], c)} for p in PURPOSES}
+    assert all(len(seeds) == 1000 for seeds in seen.values())
+    assert not set.intersection(*seen.values())
+    assert purpose_seeds(7, "eot", [5, 9], 3) == [derive_seed(7, PURPOSES["eot"], 5, 3),
+                                                  derive_seed(7, PURPOSES["eot"], 9, 3)]
+    assert purpose_seeds(7, "eot", [5], 3) != purpose_seeds(8, "eot", [5], 3)
+    assert len(set(PURPOSES.values())) == len(PURPOSES)
 
 
 class _RecordSeeds(nn.Module):
@@ -88,9 +122,9 @@ def test_defended_model_gives_each_row_its_own_draws_per_call():
     model(x)
     model(x)
     model(torch.cat([x, x]))  # an attack stacking two copies = two calls
-    assert purifier.calls[0] == image_seeds(1, [4, 7], "eot", 0)
-    assert purifier.calls[1] == image_seeds(1, [4, 7], "eot", 1)
-    assert purifier.calls[2] == image_seeds(1, [4, 7], "eot", 2) + image_seeds(1, [4, 7], "eot", 3)
+    assert purifier.calls[0] == purpose_seeds(1, "eot", [4, 7], 0)
+    assert purifier.calls[1] == purpose_seeds(1, "eot", [4, 7], 1)
+    assert purifier.calls[2] == purpose_seeds(1, "eot", [4, 7], 2) + purpose_seeds(1, "eot", [4, 7], 3)
     # Image 7's draws are the same whatever its batch-mates.
     alone = _RecordSeeds()
     DefendedModel(alone, nn.Flatten(), seed=1, indices=[7])(x[:1])
