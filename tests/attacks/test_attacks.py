@@ -166,6 +166,8 @@ def test_apgd_starts_on_the_edge_of_the_linf_ball():
 
     ATTACKS["apgd-ce"](model, x, torch.tensor([0, 1, 2]), eps=0.1, steps=1, seeds=4)
     torch.testing.assert_close((seen[0] - x).flatten(1).abs().amax(1), torch.full((3,), 0.1))
+
+
 def test_dlr_loss_matches_its_definition():
     z = torch.tensor([[3.0, 1.0, 2.0, 0.0], [3.0, 1.0, 2.0, 0.0], [0.5, 4.0, -1.0, 2.0]])
     y = torch.tensor([0, 2, 3])
