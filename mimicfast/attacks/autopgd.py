@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from mimicfast.attacks.checks import Model, Seeds, check_budget, check_images
+from mimicfast.attacks.checks import Model, Seeds, check_batch, check_budget
 from mimicfast.attacks.eot import check_eot_grad, eot_gradient
 from mimicfast.attacks.losses import LOSSES
 from mimicfast.attacks.projection import ascent_direction, project, rows_like
@@ -229,7 +229,7 @@ def apgd_with_success(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`apgd` with its settings in ``opts``, also returning each image's success rate ``[B]`` over the fresh
     calls that chose ``x_adv``."""
-    check_images(x, y)
+    check_batch(x, y)
     x = x.detach()
     per_image = expand_seeds(seeds, x.shape[0])
     best = best_success = None
