@@ -1,4 +1,4 @@
-"""Attacks for robustness evaluation (docs/DESIGN.md §7), each written from its paper.
+"""Attacks for robustness evaluation (docs/DESIGN.md §7), each written from its paper (APGD also from its authors' code).
 
 Every attack in :data:`ATTACKS` has the signature
 
