@@ -1,4 +1,4 @@
-"""Attacks for robustness evaluation (docs/DESIGN.md §7), each written from its paper.
+"""Attacks for robustness evaluation (docs/DESIGN.md §7), each written from its paper (APGD also from its authors' code).
 
 Every attack in :data:`ATTACKS` has the signature
 
@@ -6,8 +6,10 @@ Every attack in :data:`ATTACKS` has the signature
 
 ``model(x) -> logits [B, K]`` is any differentiable callable (a bare classifier, or a defended one such as
 ``nn.Sequential(mimicfast.Purifier(..., grad="bpda", seed=None), classifier)``); it is called on the whole batch,
-in the same row order, :func:`model_calls` times whatever the data. ``seeds`` (an int, or one int per image) seeds
-only the attack's own randomness, per image. ``x_adv`` lies within ``eps`` of ``x`` in ``norm`` and in [0, 1].
+in the same row order, :func:`model_calls` times whatever the data. ``seeds`` (an int ``s``: image i uses
+``s + i``; or one int per image) seeds only the attack's own randomness, per image. ``eot_grad`` (``"mean"``,
+default: the gradient of the mean loss over the ``eot`` calls; or ``"normalized"``) picks the EOT gradient
+estimator (:func:`mimicfast.attacks.eot.eot_gradient`). ``x_adv`` lies within ``eps`` of ``x`` in ``norm`` and in [0, 1].
 
 * ``transfer``, ``pgd``: PGD with EOT (Madry et al. 2018), :mod:`mimicfast.attacks.projected_gradient`;
 * ``apgd-ce``, ``apgd-dlr``: APGD (Croce & Hein 2020), :mod:`mimicfast.attacks.autopgd`;
@@ -23,9 +25,9 @@ from functools import partial
 import torch
 
 from mimicfast.attacks.autoattack import aa_rand, aa_rand_calls
-from mimicfast.attacks.autopgd import apgd, apgd_calls, apgd_checkpoints, apgd_with_success
+from mimicfast.attacks.autopgd import APGDOptions, apgd, apgd_calls, apgd_checkpoints, apgd_with_success
 from mimicfast.attacks.carlini_wagner import cw, cw_calls
-from mimicfast.attacks.common import ce_loss, dlr_loss
+from mimicfast.attacks.losses import ce_loss, dlr_loss
 from mimicfast.attacks.projected_gradient import pgd, pgd_calls
 from mimicfast.errors import InputError
 
@@ -64,6 +66,7 @@ def model_calls(name: str, **kw: object) -> int:
 
 __all__ = [
     "ATTACKS",
+    "APGDOptions",
     "aa_rand",
     "apgd",
     "apgd_ce",

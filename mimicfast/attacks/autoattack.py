@@ -10,10 +10,14 @@ APGD (:mod:`mimicfast.attacks.autopgd`).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from mimicfast.attacks.autopgd import apgd_calls, apgd_with_success
-from mimicfast.attacks.common import Model, Seeds, rows_like
+from mimicfast.attacks.autopgd import APGDOptions, apgd_calls, apgd_with_success
+from mimicfast.attacks.checks import Model, Seeds
+from mimicfast.attacks.projection import rows_like
+from mimicfast.errors import InputError
 
 
 def aa_rand(
@@ -27,8 +31,7 @@ def aa_rand(
     eot: int = 20,
     seeds: Seeds = 0,
     progress: bool = False,
-    restarts: int = 1,
-    select_draws: int | None = None,
+    **options: object,
 ) -> torch.Tensor:
     """APGD-CE then APGD-DLR (both ``steps`` iterations, ``eot`` calls per iteration, ``restarts`` runs).
 
@@ -40,20 +43,22 @@ def aa_rand(
         norm: ``"Linf"`` or ``"L2"``.
         steps: APGD iterations per run (AutoAttack: 100).
         eot: calls of ``model`` averaged per iteration (AutoAttack ``rand``: 20).
-        seeds: seed of the random starts: an int (every image) or one int per image.
+        seeds: seed of the random starts: an int ``s`` (image i uses ``s + i``) or one int per image; both runs
+            start from the same points.
         progress: tqdm bars over each APGD run's iterations.
-        restarts: APGD runs per loss (AutoAttack ``rand``: 1).
-        select_draws: fresh calls per candidate when choosing an iterate; default ``eot``.
+        **options: other fields of :class:`mimicfast.attacks.autopgd.APGDOptions` (``restarts``, AutoAttack
+            ``rand``: 1; ``select_draws``; ``eot_grad``; ...) except ``loss``.
 
     Returns:
         ``x_adv``, like ``x``, detached, within ``eps`` of ``x`` in ``norm`` and in [0, 1]: per image the APGD-CE
         result unless APGD-DLR's scored a strictly higher success rate. Calls ``model`` :func:`aa_rand_calls`
         times on the whole batch.
     """
-    common = dict(eps=eps, norm=norm, steps=steps, eot=eot, seeds=seeds, progress=progress, restarts=restarts,
-                  select_draws=select_draws)  # fmt: skip
-    x_ce, success_ce = apgd_with_success(model, x, y, loss="ce", **common)
-    x_dlr, success_dlr = apgd_with_success(model, x, y, loss="dlr", **common)
+    if "loss" in options:
+        raise InputError("aa-rand runs both losses; it takes no loss=")
+    ce = APGDOptions(eps=eps, norm=norm, steps=steps, eot=eot, loss="ce", **options)  # type: ignore[arg-type]
+    x_ce, success_ce = apgd_with_success(model, x, y, ce, seeds=seeds, progress=progress)
+    x_dlr, success_dlr = apgd_with_success(model, x, y, replace(ce, loss="dlr"), seeds=seeds, progress=progress)
     return torch.where(rows_like(success_dlr > success_ce, x), x_dlr, x_ce)
 
 

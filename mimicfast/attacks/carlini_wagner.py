@@ -35,19 +35,13 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from mimicfast.attacks.common import (
-    Model,
-    Seeds,
-    check_args,
-    eot_gradient,
-    image_seeds,
-    lp_norm,
-    margin,
-    project,
-    rows_like,
-    select_final,
-)
+from mimicfast.attacks.checks import Model, Seeds, check_args
+from mimicfast.attacks.eot import check_eot_grad, eot_gradient
+from mimicfast.attacks.losses import margin
+from mimicfast.attacks.projection import lp_norm, project, rows_like
+from mimicfast.attacks.selection import select_final
 from mimicfast.errors import InputError
+from mimicfast.seeding import expand_seeds
 
 _CANDIDATES = 2
 _UPPER_UNSET = 1e10  # upper bound of the search before any success (Carlini & Wagner's value)
@@ -70,6 +64,7 @@ def cw(
     kappa: float = 0.0,
     lr: float = 0.1,
     select_draws: int | None = None,
+    eot_grad: str = "mean",
 ) -> torch.Tensor:
     """Untargeted Carlini-Wagner L2 with EOT, counted within an eps-ball.
 
@@ -88,13 +83,16 @@ def cw(
         kappa: confidence margin of ``f``.
         lr: Adam's learning rate on ``w``.
         select_draws: fresh calls of ``model`` per candidate when choosing the result; default ``eot``.
+        eot_grad: ``"mean"`` (the gradient of the mean of ``f``) or ``"normalized"``
+            (:func:`mimicfast.attacks.eot.eot_gradient`).
 
     Returns:
         ``x_adv``, like ``x``, detached, within ``eps`` of ``x`` in ``norm`` and in [0, 1]. Calls ``model``
         :func:`cw_calls` times on the whole batch.
     """
     check_args(x, y, eps=eps, norm=norm, steps=steps, eot=eot, finite=False)
-    image_seeds(seeds, x.shape[0])
+    expand_seeds(seeds, x.shape[0])
+    check_eot_grad(eot_grad)
     if search_steps < 1:
         raise InputError(f"search_steps must be >= 1, got {search_steps}")
     if not (initial_const > 0 and kappa >= 0 and lr > 0):
@@ -126,7 +124,7 @@ def cw(
         succeeded = torch.zeros(b, dtype=torch.bool, device=x.device)
         for t in range(1, steps + 1):
             x_t = (torch.tanh(w) + 1) / 2
-            grad_f, f, success = eot_gradient(model, x_t, y, hinge, eot, confident)
+            grad_f, f, success = eot_gradient(model, x_t, y, hinge, eot, confident, eot_grad)
             succeeded |= success >= 0.5
             dist = lp_norm(x_t - x, norm)
             inside = dist <= eps

@@ -7,7 +7,7 @@ Untargeted, on the cross-entropy loss, from a random start in the threat model:
 
 Differences from Madry et al.'s reference code: the gradient is averaged over ``eot`` calls of a possibly
 stochastic ``model`` (with ``eot = 1`` and a deterministic model it is plain PGD); the random start and the
-projection are per image (:mod:`mimicfast.attacks.common`); and instead of the last iterate the attack returns,
+projection are per image (:mod:`mimicfast.attacks.random_start`, :mod:`mimicfast.attacks.projection`); and instead of the last iterate the attack returns,
 per image, the best of three candidates (highest EOT success rate seen, highest EOT loss seen, last iterate)
 judged by fresh calls of ``model`` (docs/DESIGN.md §7).
 
@@ -20,20 +20,13 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from mimicfast.attacks.common import (
-    STREAM_PGD_START,
-    BestIterates,
-    Model,
-    Seeds,
-    ascent_direction,
-    ce_loss,
-    check_args,
-    eot_gradient,
-    image_seeds,
-    project,
-    random_start,
-    select_final,
-)
+from mimicfast.attacks.checks import Model, Seeds, check_args
+from mimicfast.attacks.eot import check_eot_grad, eot_gradient
+from mimicfast.attacks.losses import ce_loss
+from mimicfast.attacks.projection import ascent_direction, project
+from mimicfast.attacks.random_start import STREAM_PGD_START, random_start
+from mimicfast.attacks.selection import BestIterates, select_final
+from mimicfast.seeding import expand_seeds
 
 _CANDIDATES = 3
 
@@ -51,6 +44,7 @@ def pgd(
     progress: bool = False,
     step_size: float | None = None,
     select_draws: int | None = None,
+    eot_grad: str = "mean",
 ) -> torch.Tensor:
     """Untargeted PGD-EOT on the cross-entropy loss.
 
@@ -63,22 +57,25 @@ def pgd(
         norm: ``"Linf"`` or ``"L2"``.
         steps: gradient steps.
         eot: calls of ``model`` averaged per step (EOT).
-        seeds: seed of the random start: an int (every image) or one int per image.
+        seeds: seed of the random start: an int ``s`` (image i uses ``s + i``) or one int per image.
         progress: show a tqdm bar over the steps.
         step_size: ``alpha``; default ``2.5 * eps / steps`` (enough to cross the ball from any start).
         select_draws: fresh calls of ``model`` per candidate when choosing the returned iterate; default ``eot``.
+        eot_grad: ``"mean"`` (the gradient of the mean loss) or ``"normalized"``
+            (:func:`mimicfast.attacks.eot.eot_gradient`).
 
     Returns:
         ``x_adv``, like ``x``, detached, within ``eps`` of ``x`` in ``norm`` and in [0, 1]. Calls ``model``
         :func:`pgd_calls` times on the whole batch.
     """
     check_args(x, y, eps=eps, norm=norm, steps=steps, eot=eot)
+    check_eot_grad(eot_grad)
     alpha = 2.5 * eps / steps if step_size is None else step_size
     x = x.detach()
-    x_k = random_start(x, eps, norm, image_seeds(seeds, x.shape[0]), (STREAM_PGD_START,))
+    x_k = random_start(x, eps, norm, expand_seeds(seeds, x.shape[0]), (STREAM_PGD_START,))
     best = BestIterates(x_k)
     for _ in tqdm(range(steps), desc="PGD", disable=not progress, leave=False):
-        grad, loss, success = eot_gradient(model, x_k, y, ce_loss, eot)
+        grad, loss, success = eot_gradient(model, x_k, y, ce_loss, eot, eot_grad=eot_grad)
         best.update(x_k, loss, success)
         x_k = project(x_k + alpha * ascent_direction(grad, norm), x, eps, norm)
     x_adv, _ = select_final(model, y, [best.by_success, best.by_loss, x_k], ce_loss, select_draws or eot)

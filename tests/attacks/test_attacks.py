@@ -1,17 +1,22 @@
 """The attacks of mimicfast.attacks: they break the bare bundled classifier, stay in the threat model, follow
-their papers' formulas (APGD checkpoints, DLR), treat each image on its own, call the model a fixed number of
+their papers' formulas and the reference APGD's rules (checkpoints, step-size halving, random start, DLR, the EOT
+gradient of the mean loss), treat each image on its own (image i seeded s + i), call the model a fixed number of
 times, and pick the returned iterate by its success over several fresh draws of a stochastic model."""
 
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 
 import pytest
 import torch
 
 from mimicfast.attacks import ATTACKS, apgd_checkpoints, dlr_loss, model_calls
-from mimicfast.attacks.common import ce_loss, eot_gradient, project, select_final
+from mimicfast.attacks.autopgd import StepSizeRule
+from mimicfast.attacks.eot import eot_gradient
+from mimicfast.attacks.losses import ce_loss
+from mimicfast.attacks.projection import project
+from mimicfast.attacks.random_start import random_start
+from mimicfast.attacks.selection import select_final
 from mimicfast.default import load_default_classifier, load_test_slice
 from mimicfast.errors import InputError
 
@@ -79,13 +84,88 @@ def test_projection_respects_the_budget_and_the_box(norm):
     torch.testing.assert_close(project(x, x, 0.0, norm), x)  # no 0/0 at d = 0
 
 
-def test_apgd_checkpoints_follow_the_paper():
+def test_apgd_checkpoints_follow_the_reference():
+    # The reference's intervals: int(0.22 N), then each max(int(0.03 N), 1) shorter, never below
+    # max(int(0.06 N), 1), every one at least 1; written out by hand for these N.
     assert apgd_checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
-    p = [Fraction(0), Fraction(22, 100)]
-    while p[-1] + max(p[-1] - p[-2] - Fraction(3, 100), Fraction(6, 100)) <= 1:
-        p.append(p[-1] + max(p[-1] - p[-2] - Fraction(3, 100), Fraction(6, 100)))
-    for steps in range(1, 301):
-        assert apgd_checkpoints(steps) == sorted({math.ceil(pj * steps) for pj in p}), steps
+    assert apgd_checkpoints(20) == [0, 4, 7, 9, *range(10, 21)]  # intervals 4, 3, 2, then 1
+    assert apgd_checkpoints(50) == [0, 11, 21, 30, 38, 45]  # intervals 11, 10, 9, 8, 7 (6 would pass 50)
+    assert apgd_checkpoints(10) == [0, 2, *range(3, 11)]  # intervals 2, then 1
+    assert apgd_checkpoints(1) == [0, 1]
+
+
+def _decisions(rule, losses):
+    """Feed ``losses[w - 1] = f(x(w))`` (one list per image) to ``rule``; the halving decisions per checkpoint."""
+    out = {}
+    for w, f in enumerate(zip(*losses, strict=True), start=1):
+        _, halve = rule.update(w, torch.tensor(f))
+        if halve is not None:
+            out[w] = halve.tolist()
+    return out
+
+
+def test_step_size_rule_matches_the_reference_on_a_scripted_loss_sequence():
+    # 20 steps: checkpoints 4, 7, 9, 10, ... The decisions below are worked out by hand from the reference's rule.
+    # Image A: the loss rises at every step: never halved.
+    # Image B: w = 4: 3 increases in 4 steps, 3 <= 0.75 * 4 -> halve (Condition 1 is "<=": with "<" it would not).
+    #   w = 5..7: 2.5 > 2 (f of the replaced iterate x(4), not f_max = 3), 2.8, 2.9: 3 increases > 2.25 -> keep
+    #   (counting the first against f_max = 3 would give 2 <= 2.25 and halve). w = 9: 2 increases > 1.5, but no
+    #   halving at 7 and f_max stayed 3 -> halve (Condition 2). w = 10: halved at 9 -> Condition 2 off; 1 > 0.75.
+    a = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    b = [1, 2, 3, 2, 2.5, 2.8, 2.9, 2.95, 2.99, 3.5]
+    rule = StepSizeRule(torch.tensor([0.0, 0.0]), steps=20, rho=0.75)
+    assert _decisions(rule, [a, b]) == {4: [False, True], 7: [False, False], 9: [False, True], 10: [False, False]}
+    # Image C, rho = 0.5: w = 4: 3 increases (1 > f0 = 10 is not one) > 2, and f_max = f0 = 10 did not move, but
+    # Condition 2 never fires at the first checkpoint -> keep. w = 7: 3 > 1.5; no halving at 4 and f_max still 10
+    # -> halve. w = 9: 2 > 1, halved at 7 -> keep. w = 10: 1 > 0.5; no halving at 9, f_max still 10 -> halve.
+    c = [1, 2, 3, 4, 5, 6, 7, 8, 9, 9.5]
+    rule = StepSizeRule(torch.tensor([10.0]), steps=20, rho=0.5)
+    assert _decisions(rule, [c]) == {4: [False], 7: [True], 9: [False], 10: [True]}
+
+
+def test_step_size_rule_tracks_the_best_loss():
+    rule = StepSizeRule(torch.tensor([1.0, 1.0]), steps=100, rho=0.75)
+    assert rule.update(1, torch.tensor([2.0, 0.5]))[0].tolist() == [True, False]
+    assert rule.update(2, torch.tensor([2.0, 1.5]))[0].tolist() == [False, True]  # strictly higher only
+    torch.testing.assert_close(rule.f_max, torch.tensor([2.0, 1.5]))
+
+
+def test_apgd_halves_and_restarts_from_the_best_point():
+    # One pixel, x = 0.5, eps = 0.2; 4 steps: a checkpoint after every step. The model's loss is scripted per call
+    # (1.0 at x(0), 0.5 at x(1)) and its gradient points to the centre. x(0) is on the edge (0.3 or 0.7), x(1) on
+    # the opposite edge (step 2 eps = 0.4). At w = 1 the loss fell: halve (eta = 0.2) and restart from x(0) with
+    # its gradient, no momentum (x(0) - x(0)): z = 0.5, x(2) = x(0) + 0.75 (0.5 - x(0)), 0.05 from the centre.
+    script = iter([1.0, 0.5, 2.0, 2.0, 2.0] + [0.0] * 3)
+    seen = []
+
+    def model(images):
+        v = images.flatten(1)
+        seen.append(float(v[0, 0].detach()))
+        toward_centre = torch.where(v.detach() < 0.5, 1.0, -1.0)
+        z1 = next(script) + toward_centre * (v - v.detach())
+        return torch.cat([torch.zeros_like(z1), z1], dim=1)
+
+    ATTACKS["apgd-ce"](model, torch.full((1, 1, 1, 1), 0.5), torch.tensor([0]), eps=0.2, steps=4, seeds=0)
+    assert math.isclose(abs(seen[0] - 0.5), 0.2, abs_tol=1e-6)
+    assert math.isclose(seen[1], 1 - seen[0], abs_tol=1e-6)
+    assert math.isclose(seen[2], seen[0] + 0.75 * (0.5 - seen[0]), abs_tol=1e-6)
+
+
+def test_apgd_starts_on_the_edge_of_the_linf_ball():
+    x = torch.full((3, 1, 4, 4), 0.5)  # far enough from 0 and 1 that the clip to [0, 1] does not bite
+    start = random_start(x, 0.1, "Linf", [0, 1, 2], (7,), on_edge=True)
+    torch.testing.assert_close((start - x).flatten(1).abs().amax(1), torch.full((3,), 0.1))
+    inside = random_start(x, 0.1, "Linf", [0, 1, 2], (7,))
+    assert float((inside - x).abs().max()) < 0.1  # PGD's start (Madry et al.) is uniform in the ball
+    seen = []
+    weight = torch.randn(5, 16, generator=torch.Generator().manual_seed(0))
+
+    def model(images):
+        seen.append(images.detach().clone())
+        return images.flatten(1) @ weight.T
+
+    ATTACKS["apgd-ce"](model, x, torch.tensor([0, 1, 2]), eps=0.1, steps=1, seeds=4)
+    torch.testing.assert_close((seen[0] - x).flatten(1).abs().amax(1), torch.full((3,), 0.1))
 
 
 def test_dlr_loss_matches_its_definition():
@@ -126,8 +206,9 @@ def test_an_image_attacked_alone_equals_it_attacked_in_a_batch(bare, name):
         alone = ATTACKS[name](per_row, x[i : i + 1], y[i : i + 1], eps=eps, norm=norm, seeds=[seeds[i]],
                               **SMALL[name])  # fmt: skip
         assert torch.equal(alone, batch[i : i + 1]), i
-    same_int = ATTACKS[name](per_row, x[:1], y[:1], eps=eps, norm=norm, seeds=11, **SMALL[name])
-    assert torch.equal(same_int, batch[:1])  # an int seed is every image's seed
+    from_int = ATTACKS[name](per_row, x, y, eps=eps, norm=norm, seeds=5, **SMALL[name])
+    from_list = ATTACKS[name](per_row, x, y, eps=eps, norm=norm, seeds=[5, 6, 7], **SMALL[name])
+    assert torch.equal(from_int, from_list)  # seeds=s: image i uses s + i
 
 
 class _Linear(torch.nn.Module):
@@ -159,7 +240,23 @@ def test_model_is_called_a_fixed_number_of_times_on_the_whole_batch(name):
         assert len(model.rows) == 3 * eot + 3 * eot  # steps x eot gradients + 3 candidates x eot fresh draws
 
 
-def test_eot_gradient_weighs_every_draw_equally():
+def test_eot_gradient_is_the_gradient_of_the_mean_loss():
+    gen = torch.Generator().manual_seed(2)
+    weights = [torch.randn(3, 4, generator=gen) * 10**c for c in range(4)]  # draws of very different sizes
+    x = torch.rand(5, 1, 2, 2, generator=gen)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    calls = iter(weights)
+    grad, loss, success = eot_gradient(lambda images: images.flatten(1) @ next(calls).T, x, y, ce_loss, eot=4)
+    xi = x.clone().requires_grad_(True)
+    mean_loss = sum(ce_loss(xi.flatten(1) @ w.T, y) for w in weights) / 4
+    (expected,) = torch.autograd.grad(mean_loss.sum(), xi)
+    torch.testing.assert_close(grad, expected)
+    torch.testing.assert_close(loss, mean_loss.detach())
+    wrong = sum(((x.flatten(1) @ w.T).argmax(1) != y).float() for w in weights) / 4
+    torch.testing.assert_close(success, wrong)
+
+
+def test_eot_gradient_normalized_weighs_every_draw_equally():
     gen = torch.Generator().manual_seed(2)
     weights = [torch.randn(3, 4, generator=gen) for _ in range(4)]  # call c uses weights[c]: a "random" model
     x = torch.rand(5, 1, 2, 2, generator=gen)
@@ -169,7 +266,7 @@ def test_eot_gradient_weighs_every_draw_equally():
     def model(images):
         return images.flatten(1) @ next(calls).T
 
-    grad, loss, success = eot_gradient(model, x, y, ce_loss, eot=4)
+    grad, loss, success = eot_gradient(model, x, y, ce_loss, eot=4, eot_grad="normalized")
     per_call = []
     for w in weights:
         xi = x.clone().requires_grad_(True)
@@ -183,18 +280,19 @@ def test_eot_gradient_weighs_every_draw_equally():
     torch.testing.assert_close(success, sum(p[2] for p in per_call) / 4)
 
 
-def test_eot_gradient_of_one_draw_is_the_gradient():
+@pytest.mark.parametrize("eot_grad", ["mean", "normalized"])
+def test_eot_gradient_of_one_draw_is_the_gradient(eot_grad):
     gen = torch.Generator().manual_seed(3)
     w = torch.randn(3, 4, generator=gen)
     x = torch.rand(5, 1, 2, 2, generator=gen)
     y = torch.tensor([0, 1, 2, 0, 1])
-    grad, _, _ = eot_gradient(lambda images: images.flatten(1) @ w.T, x, y, ce_loss, eot=1)
+    grad, _, _ = eot_gradient(lambda images: images.flatten(1) @ w.T, x, y, ce_loss, eot=1, eot_grad=eot_grad)
     xi = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(ce_loss(xi.flatten(1) @ w.T, y).sum(), xi)
     torch.testing.assert_close(grad, g)
 
 
-def test_eot_gradient_is_not_one_large_draw():
+def test_eot_gradient_normalized_is_not_one_large_draw():
     x = torch.zeros(1, 1, 1, 2)
     y = torch.tensor([0])
     scales = iter([torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1000.0])])  # draw 2 is 1000x larger, orthogonal
@@ -204,7 +302,7 @@ def test_eot_gradient_is_not_one_large_draw():
         v = (images.flatten(1) * s).sum(1, keepdim=True)
         return torch.cat([-v, v], dim=1)
 
-    grad, _, _ = eot_gradient(model, x, y, ce_loss, eot=2)
+    grad, _, _ = eot_gradient(model, x, y, ce_loss, eot=2, eot_grad="normalized")
     g = grad.flatten()
     assert g[0] > 0 and g[1] > 0
     torch.testing.assert_close(g[0], g[1])  # both draws weigh the same in the direction
@@ -265,6 +363,13 @@ def test_attacks_reject_bad_input(bare):
         ATTACKS["pgd"](lambda images: classifier(images).detach(), x, y, eps=LINF_EPS)
     with pytest.raises(InputError, match="unknown attack"):
         model_calls("fgsm", steps=1)
+    for name in ("pgd", "apgd-ce", "aa-rand", "cw"):
+        with pytest.raises(InputError, match="eot_grad"):
+            ATTACKS[name](classifier, x, y, eps=LINF_EPS, steps=1, eot_grad="median")
+    with pytest.raises(InputError, match="rho"):
+        ATTACKS["apgd-ce"](classifier, x, y, eps=LINF_EPS, rho=0)
+    with pytest.raises(InputError, match="loss"):
+        ATTACKS["aa-rand"](classifier, x, y, eps=LINF_EPS, loss="ce")
 
 
 def test_cw_without_a_budget_is_the_minimum_norm_attack(bare):
