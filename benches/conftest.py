@@ -1,7 +1,7 @@
 """Shared machinery of the op benches (``pytest benches/``; docs/DESIGN.md §5).
 
 Every bench times one provider of one op at one shape and records, in pytest-benchmark's ``extra_info``:
-its time, its speed-up over the reference measured in the same session, and its fraction of the floor
+its time (printed only on a GPU), its speed-up over the reference measured in the same session, and its fraction of the floor
 ``max(bytes / copy bandwidth, FP32 FLOPs / FP32 peak)``. Both ceilings are measured in the same session:
 copy bandwidth by a large tensor copy (bytes read + written), FP32 peak by a large float32 matmul (TF32
 off on a GPU). A table of all results is printed at the end.
@@ -14,8 +14,6 @@ events if capture fails), each call cycling through enough input sets to exceed 
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import pytest
 import torch
 
+from benches.machine import device_name, matmul_peak, median_seconds
 from mimicfast.ops import _dispatch
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -95,17 +94,7 @@ REFERENCE_TIMES: dict[tuple[str, str], float] = {}
 
 
 def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    if ON_GPU:
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if ON_GPU:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(fn, repeats, DEVICE)
 
 
 @pytest.fixture(scope="session")
@@ -116,25 +105,12 @@ def ceilings() -> Ceilings:
         import triton.testing
 
         copy_s = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") * 1e-3
-        torch.backends.cuda.matmul.allow_tf32 = False
-        n = 8192
-        name = torch.cuda.get_device_name(DEVICE)
     else:
         src = torch.randn(64 * 2**20)  # 256 MiB of float32, far beyond the caches
         dst = torch.empty_like(src)
         copy_s = _median_time(lambda: dst.copy_(src), 5)
-        n = 2048
-        name = f"CPU, {torch.get_num_threads()} threads"
     bandwidth = 2 * src.numel() * src.element_size() / copy_s
-    a = torch.randn(n, n, device=DEVICE)
-    b = torch.randn(n, n, device=DEVICE)
-    if ON_GPU:
-        import triton.testing
-
-        mm_s = triton.testing.do_bench(lambda: a @ b, return_mode="median") * 1e-3
-    else:
-        mm_s = _median_time(lambda: a @ b, 5)
-    return Ceilings(name, bandwidth, 2 * n**3 / mm_s)
+    return Ceilings(device_name(DEVICE), bandwidth, matmul_peak(torch.float32, DEVICE.type))
 
 
 def _time(benchmark, fn: Callable[[], Any], shape: tuple[int, ...], sets: int) -> tuple[float, str]:
@@ -201,6 +177,8 @@ def run_bench(benchmark, ceilings: Ceilings):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The op table: speed-up over the reference and fraction of the floor; absolute times only on a GPU (a
+    shared CPU's times say more about its load than about the code, its ratios within one run do not)."""
     if not RESULTS:
         return
     tr = terminalreporter
@@ -210,15 +188,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         f"device: {info['device']}; measured copy bandwidth {info['bandwidth_Bps'] / 1e9:.1f} GB/s, "
         f"FP32 peak {info['fp32_peak_flops'] / 1e9:.1f} GFLOP/s"
     )
-    tr.write_line(
-        f"{'op':<20}{'shape':<14}{'provider':<10}{'time':>11}{'vs ref':>9}{'floor':>11} {'bound':<6}{'of floor':>9}"
-    )
+    times = f"{'time':>11}" if ON_GPU else ""
+    floors = f"{'floor':>11} " if ON_GPU else ""
+    tr.write_line(f"{'op':<20}{'shape':<14}{'provider':<10}{times}{'vs ref':>9}{floors}{'bound':<6}{'of floor':>9}")
     order = {shape_id(s): i for i, s in enumerate(SHAPES)}
     for r in sorted(RESULTS, key=lambda r: (r.op, order.get(r.shape, 0), PROVIDERS.index(r.provider))):
         speed = "" if r.provider == "reference" else f"{r.speedup:.1f}x"
+        times = f"{_fmt(r.seconds):>11}" if ON_GPU else ""
+        floors = f"{_fmt(r.floor_s):>11} " if ON_GPU else ""
         tr.write_line(
-            f"{r.op:<20}{r.shape:<14}{r.provider:<10}{_fmt(r.seconds):>11}{speed:>9}"
-            f"{_fmt(r.floor_s):>11} {r.bound:<6}{r.floor_s / r.seconds:>9.1%}"
+            f"{r.op:<20}{r.shape:<14}{r.provider:<10}{times}{speed:>9}{floors}{r.bound:<6}{r.floor_s / r.seconds:>9.1%}"
         )
 
 
