@@ -6,8 +6,8 @@ Per preset (paper, released): the first ``N`` bundled test images (default 64), 
 for both precisions. Reported: the bundled classifier's clean accuracy on the purified images per draw and over
 all draws for each precision, their difference, how many purifications are classified correctly in one precision only,
 the classifier's accuracy on the images before purification, and the end-to-end time ratio fp32 / bf16 (the
-median over draws of the ratio within a draw; the two precisions alternate which runs first). Ratios only: the
-CPU is named, absolute times are not reported.
+median over draws of the ratio within a draw, on the process's CPU time; the two precisions alternate which runs
+first). Ratios only: the CPU is named, absolute times are not reported.
 
 About 2 x 640 purifications of 32x32 at T = 20, a few minutes on one core, so it runs only when asked:
 ``MIMICFAST_BENCH_ACCURACY=1 OMP_NUM_THREADS=1 pytest -s benches/bench_autocast_accuracy.py``
@@ -19,12 +19,11 @@ from __future__ import annotations
 import datetime
 import os
 import statistics
-import time
 
 import pytest
 import torch
 
-from benches.machine import cpu_name
+from benches.machine import cpu_name, cpu_seconds
 from benches.rows import report
 
 ASKED = os.environ.get("MIMICFAST_BENCH_ACCURACY") == "1"
@@ -58,10 +57,10 @@ def test_autocast_accuracy_cpu(benchmark, preset_name: str) -> None:
         for draw in range(draws):
             order = list(precisions) if draw % 2 == 0 else list(reversed(precisions))
             for precision in order:
-                start = time.perf_counter()
+                start = cpu_seconds()
                 out = mimicfast.purify(x, model, preset=preset_name, steps=steps, seed=draw * n, fast=True,
                                        autocast=precisions[precision])  # fmt: skip
-                seconds[precision].append(time.perf_counter() - start)
+                seconds[precision].append(cpu_seconds() - start)
                 correct[precision].append(classify(out))
 
     benchmark.pedantic(run_draws, rounds=1, iterations=1, warmup_rounds=0)

@@ -27,8 +27,10 @@ default; ``MIMICFAST_BENCH_FAST_STEPS=k`` replays the captured graphs over ``k``
 of the real loop (median of 3) and combines them the same way (``fast_method`` says so).
 
 **CPU rows** (run anywhere; ``test_purify_cpu``): the bundled Fashion-MNIST UNet on bundled test images, paper
-and released presets, T = 20, batch 8, 1 thread advised (``OMP_NUM_THREADS=1``). Timed in interleaved rounds
-(the order rotates each round), each ratio the median over rounds of the ratio within a round:
+and released presets, T = 20, batch 8, 1 thread advised (``OMP_NUM_THREADS=1``). Timed on the process's CPU time
+(:func:`benches.machine.cpu_seconds`: other jobs on a shared CPU stretch wall time, not the CPU time a run takes)
+in interleaved rounds (the order rotates each round), each ratio the median over rounds of the ratio within a
+round:
 
 * ``literal``: :func:`mimicfast.reference.algorithm1.mimic_diffusion_reference`, Algorithm 1 written literally
   (autograd through the loss as the paper writes it, F.interpolate for H), with the same network and noise;
@@ -39,7 +41,8 @@ and released presets, T = 20, batch 8, 1 thread advised (``OMP_NUM_THREADS=1``).
 
 A CPU row reports ratios and the fraction of the floor (FLOPs per image from ``torch.utils.flop_counter`` on one
 forward and one input-VJP of the network, times the network evaluations of the preset, over a matmul peak of the
-row's precision measured in the same run), never absolute times; the CPU is named.
+row's precision measured on the same clock in every round beside the runs; the median over rounds), never
+absolute times; the CPU is named.
 
 Run: ``pytest benches/bench_purify.py -s``. Environment: ``MIMICFAST_BENCH_VARIANTS`` (GPU: comma list of bf16,
 bf16-nhwc, fp16, fp32, bf16-chunk8, bf16-compile, bf16-plainvjp; default bf16), ``MIMICFAST_BENCH_OUT`` (append
@@ -61,7 +64,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from benches.machine import cpu_name, matmul_peak, network_flops
+from benches.machine import cpu_name, cpu_seconds, matmul_peak, matmul_rate, network_flops
 from benches.rows import report
 from mimicfast.api import purify_batch
 from mimicfast.fast import FastPurifier
@@ -344,19 +347,24 @@ def test_purify_cpu(benchmark, preset_name: str) -> None:
     runners = _cpu_runners(model, denoiser, preset, y, seeds)
     outputs = {name: run() for name, run in runners.items()}  # warm-up (and compilation), outside the timing
     times: dict[str, list[float]] = {name: [] for name in runners}
+    peaks: dict[str, list[float]] = {"fp32": [], "bf16": []}
     order = list(runners)
 
     def one_round() -> None:
+        # The ceiling is measured in every round, beside the runs it divides: on a shared CPU the rate a core
+        # gives drifts with the other jobs, and a ceiling from another moment can put a run above its floor.
+        for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            peaks[precision].append(matmul_rate(dtype, repeats=3, clock=cpu_seconds))
         for name in order:
-            outputs[name], seconds = _synced(runners[name])
-            times[name].append(seconds)
+            start = cpu_seconds()
+            outputs[name] = runners[name]()
+            times[name].append(cpu_seconds() - start)
         order.append(order.pop(0))  # rotate, so no implementation always runs first or after the same one
 
     benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
     assert torch.equal(outputs["fast"], outputs["eager"]), "the fast path without graphs is the eager arithmetic"
 
     forward, vjp = network_flops(lambda x: denoiser(x, torch.ones(1)), y[:1])
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     common = dict(model="bundled fmnist unet", steps=steps, batch=batch, rounds=rounds, device=cpu_name(),
                   torch=torch.__version__, date=datetime.date.today().isoformat())  # fmt: skip
     rows = []
@@ -368,8 +376,10 @@ def test_purify_cpu(benchmark, preset_name: str) -> None:
         flops = p.steps * forward + vjps * vjp  # per image
         row = dict(preset=preset_name, window="window" if p.window else "none", precision=precision, timed=timed,
                    guided_steps=guided, vjp_steps=vjps, gflop_per_image=flops / 1e9,
-                   matmul_peak_gflops=peaks[precision] / 1e9,
-                   floor_fraction=flops / peaks[precision] / (statistics.median(times[timed]) / batch))  # fmt: skip
+                   matmul_peak_gflops=statistics.median(peaks[precision]) / 1e9,
+                   floor_fraction=statistics.median(
+                       flops * batch / peak / seconds for peak, seconds in zip(peaks[precision], times[timed], strict=True)
+                   ))  # fmt: skip
         for name, (slow, fast) in ratios.items():
             med, lo, hi = _median_ratio(times, slow, fast)
             row[name], row[f"{name}_range"] = med, f"{lo:.3f}-{hi:.3f}"

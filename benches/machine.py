@@ -40,8 +40,17 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls after one untimed call (device synchronised)."""
+def cpu_seconds() -> float:
+    """CPU seconds this process has used (all its threads). On a shared CPU, other jobs stretch a run's wall time
+    by however long they hold the cores, but not the CPU time the run itself takes: the clock of the CPU rows."""
+    return time.process_time()
+
+
+def median_seconds(
+    fn: Callable[[], object], repeats: int, device: torch.device, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Median time of ``fn()`` on ``clock`` (default: wall) over ``repeats`` calls after one untimed call (device
+    synchronised)."""
 
     def sync() -> None:
         if device.type == "cuda":
@@ -51,18 +60,22 @@ def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device)
     sync()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
         sync()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
-@functools.cache
-def matmul_peak(dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
-    """Dense matmul FLOP/s of this device in ``dtype`` with torch's current thread count: a 2048^3 (CPU) /
-    8192^3 (GPU, TF32 off for float32) product, median of 5 (CPU) / 20 (GPU) after a warm-up; measured once per
-    session and dtype."""
+def matmul_rate(
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    repeats: int | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Dense matmul FLOP/s of this device in ``dtype`` with torch's current thread count, now: a 2048^3 (CPU) /
+    8192^3 (GPU, TF32 off for float32) product, median of ``repeats`` (default 5 on the CPU, 20 on a GPU) after
+    a warm-up, timed on ``clock`` (wall by default; :func:`cpu_seconds` gives FLOPs per CPU-second)."""
     dev = torch.device(device)
     n = 8192 if dev.type == "cuda" else 2048
     a = torch.randn(n, n, device=dev).to(dtype)
@@ -70,10 +83,17 @@ def matmul_peak(dtype: torch.dtype = torch.float32, device: str = "cpu") -> floa
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # the float32 peak, not TF32's; restored for the benched code
     try:
-        seconds = median_seconds(lambda: a @ b, 20 if dev.type == "cuda" else 5, dev)
+        seconds = median_seconds(lambda: a @ b, repeats or (20 if dev.type == "cuda" else 5), dev, clock)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
     return 2 * n**3 / seconds
+
+
+@functools.cache
+def matmul_peak(dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
+    """:func:`matmul_rate`, measured once per session, dtype and device (for a GPU, whose rate does not drift
+    with other jobs; a shared CPU's benches measure it in every round instead)."""
+    return matmul_rate(dtype, device)
 
 
 def network_flops(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[int, int]:
