@@ -169,28 +169,30 @@ def _eager_seconds(config: str, batch: int, variant: Variant, denoiser, preset: 
     """(seconds, method) of the eager sampler for the whole loop of one batch, in the variant's precision (the
     network under the same autocast, weights pre-cast, NCHW, not compiled); (None, "out of memory") if it does
     not fit. Per-step times are kept per (config, batch, precision) and serve both windows."""
-    eager = apply_policy(denoiser, autocast=variant.autocast)
-    try:
-        if os.environ.get("MIMICFAST_BENCH_FULL_EAGER") == "1":
-            _synced(lambda: purify_batch(eager, y, preset.replace(steps=2), seeds))  # warm-up
-            return _synced(lambda: purify_batch(eager, y, preset, seeds))[1], "full loop"
-        s = int(os.environ.get("MIMICFAST_BENCH_EAGER_STEPS", "4"))
-        key = (config, batch, variant.precision)
-        if key not in _EAGER_STEPS:
+    full = os.environ.get("MIMICFAST_BENCH_FULL_EAGER") == "1"
+    s = int(os.environ.get("MIMICFAST_BENCH_EAGER_STEPS", "4"))
+    key = (config, batch, variant.precision)
+    if full or key not in _EAGER_STEPS:
+        eager = apply_policy(denoiser, autocast=variant.autocast)
+        try:
+            if full:
+                _synced(lambda: purify_batch(eager, y, preset.replace(steps=2), seeds))  # warm-up
+                return _synced(lambda: purify_batch(eager, y, preset, seeds))[1], "full loop"
             per_step = {}
             for guided, window in ((False, (0.0, 0.0)), (True, None)):  # (0, 0) guides no k >= 1
                 probe = preset.replace(steps=s, window=window)
                 _synced(lambda p=probe: purify_batch(eager, y, p.replace(steps=2), seeds))  # warm-up
                 per_step[guided] = _synced(lambda p=probe: purify_batch(eager, y, p, seeds))[1] / s
             _EAGER_STEPS[key] = per_step
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        _EAGER_STEPS[(config, batch, variant.precision)] = None
-    per_step = _EAGER_STEPS[(config, batch, variant.precision)]
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if full:
+                return None, "out of memory"
+            _EAGER_STEPS[key] = None
+    per_step = _EAGER_STEPS[key]
     if per_step is None:
         return None, "out of memory"
-    total = sum(per_step[k] for k in window_mask(preset.steps, preset.window))
-    return total, f"per step over {s} steps of each kind"
+    return sum(per_step[k] for k in window_mask(preset.steps, preset.window)), f"per step over {s} steps of each kind"
 
 
 def _time_steps(loop, graphed, guided: bool, k: int, y, seeds, rounds: int = 3) -> tuple[float, int]:
