@@ -76,7 +76,7 @@ def test_autocast_accuracy_cpu(benchmark, preset_name: str) -> None:
         bf16_minus_fp32_per_draw=" ".join(f"{d:+.4f}" for d in differences),
         fp32_per_draw=" ".join(f"{a:.4f}" for a in per_draw["fp32"]),
         bf16_per_draw=" ".join(f"{a:.4f}" for a in per_draw["bf16"]),
-        correct_in_one_precision_only=int(sum(int((a != b).sum()) for a, b in zip(correct["fp32"], correct["bf16"], strict=True))),
+        correct_in_one_precision_only=sum(int((a != b).sum()) for a, b in zip(*correct.values(), strict=True)),
         purifications_per_precision=n * draws,
         bf16_vs_fp32_time=statistics.median(ratios), bf16_vs_fp32_time_range=f"{min(ratios):.3f}-{max(ratios):.3f}",
         device=cpu_name(), torch=torch.__version__, date=datetime.date.today().isoformat(),

@@ -46,7 +46,7 @@ absolute times; the CPU is named.
 
 Run: ``pytest benches/bench_purify.py -s``. Environment: ``MIMICFAST_BENCH_VARIANTS`` (GPU: comma list of bf16,
 bf16-nhwc, fp16, fp32, bf16-chunk8, bf16-compile, bf16-plainvjp; default bf16), ``MIMICFAST_BENCH_OUT`` (append
-each row as JSON to this file), ``MIMICFAST_BENCH_CPU_STEPS`` / ``_CPU_BATCH`` / ``_CPU_ROUNDS`` (20 / 8 / 3),
+each row as JSON to this file), ``MIMICFAST_BENCH_CPU_STEPS`` / ``_CPU_BATCH`` / ``_CPU_ROUNDS`` (20 / 8 / 5),
 ``MIMICFAST_BENCH_CPU_COMPILE=1`` (also the fast path with the network under ``torch.compile``; minutes of
 compilation).
 """
@@ -340,7 +340,7 @@ def test_purify_cpu(benchmark, preset_name: str) -> None:
     """The CPU rows: package vs literal Algorithm 1, fast vs eager, bf16 vs fp32, window vs none, floor fraction."""
     from mimicfast.default import load_default_unet, load_test_slice
 
-    steps, batch, rounds = _cpu_setting("STEPS", 20), _cpu_setting("BATCH", 8), _cpu_setting("ROUNDS", 3)
+    steps, batch, rounds = _cpu_setting("STEPS", 20), _cpu_setting("BATCH", 8), _cpu_setting("ROUNDS", 5)
     model = load_default_unet()
     denoiser = as_denoiser(model)
     preset = get_preset(preset_name).replace(steps=steps)
@@ -380,7 +380,7 @@ def test_purify_cpu(benchmark, preset_name: str) -> None:
                    guided_steps=guided, vjp_steps=vjps, gflop_per_image=flops / 1e9,
                    matmul_peak_gflops=statistics.median(peaks[precision]) / 1e9,
                    floor_fraction=statistics.median(
-                       flops * batch / peak / seconds for peak, seconds in zip(peaks[precision], times[timed], strict=True)
+                       flops * batch / peak / t for peak, t in zip(peaks[precision], times[timed], strict=True)
                    ))  # fmt: skip
         for name, (slow, fast) in ratios.items():
             med, lo, hi = _median_ratio(times, slow, fast)
@@ -394,7 +394,8 @@ def test_purify_cpu(benchmark, preset_name: str) -> None:
         {"fast_vs_eager": ("eager", "fast"), "eager_vs_literal": ("literal", "eager"),
          "fast_vs_literal": ("literal", "fast")},
         max_abs_diff_eager_vs_literal=max_diff("eager", "literal"))  # fmt: skip
-    add(preset, "bf16", "fast-bf16", {"fast_vs_eager": ("eager-bf16", "fast-bf16"), "bf16_vs_fp32": ("fast", "fast-bf16")},
+    add(preset, "bf16", "fast-bf16",
+        {"fast_vs_eager": ("eager-bf16", "fast-bf16"), "bf16_vs_fp32": ("fast", "fast-bf16")},
         max_abs_diff_vs_fp32=max_diff("fast-bf16", "fast"))  # fmt: skip
     if "fast-no-window" in runners:
         add(preset.replace(window=None), "fp32", "fast-no-window",
@@ -402,7 +403,8 @@ def test_purify_cpu(benchmark, preset_name: str) -> None:
              "eager_vs_literal": ("literal-no-window", "eager-no-window"),
              "fast_vs_literal": ("literal-no-window", "fast-no-window"),
              "no_window_vs_window": ("fast-no-window", "fast")},
-            paper_no_window_vs_window=PAPER_SECONDS_PER_IMAGE["no-window"] / PAPER_SECONDS_PER_IMAGE["window"])  # fmt: skip
+            paper_no_window_vs_window=PAPER_SECONDS_PER_IMAGE["no-window"] / PAPER_SECONDS_PER_IMAGE["window"],
+        )  # fmt: skip
     if "fast-compile" in runners:
         add(preset, "fp32", "fast-compile", {"compiled_vs_eager": ("eager", "fast-compile")},
             max_abs_diff_vs_eager=max_diff("fast-compile", "eager"))  # fmt: skip

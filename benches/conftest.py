@@ -209,9 +209,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         speed = "" if r.provider == "reference" else f"{r.speedup:.1f}x"
         times = f"{_fmt(r.seconds):>11}" if ON_GPU else ""
         floors = f"{_fmt(r.floor_s):>10} " if ON_GPU else ""
-        tr.write_line(
-            f"{r.op:<20}{r.shape:<14}{r.provider:<10}{times}{speed:>9} {floors}{r.bound:<6}{r.floor_s / r.seconds:>9.1%}"
-        )
+        fraction = f"{r.floor_s / r.seconds:>9.1%}"
+        tr.write_line(f"{r.op:<20}{r.shape:<14}{r.provider:<10}{times}{speed:>9} {floors}{r.bound:<6}{fraction}")
 
 
 def _fmt(seconds: float) -> str:
