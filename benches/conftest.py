@@ -1,12 +1,13 @@
 """Shared machinery of the op benches (``pytest benches/``; docs/DESIGN.md §5).
 
-Every bench times one provider of one op at one shape and records, in pytest-benchmark's ``extra_info``:
-its time, its speed-up over the reference measured in the same session, and its fraction of the floor
-``max(bytes / copy bandwidth, FP32 FLOPs / FP32 peak)``. Both ceilings are measured in the same session:
-copy bandwidth by a large tensor copy (bytes read + written), FP32 peak by a large float32 matmul (TF32
+Every bench times one provider of one op at one shape and records, in pytest-benchmark's ``extra_info``: its
+time (printed only on a GPU), its speed-up over the reference measured in the same session, and its fraction of
+the floor ``max(bytes / copy bandwidth, FP32 FLOPs / FP32 peak)``. Both ceilings are measured in the same
+session: copy bandwidth by a large tensor copy (bytes read + written), FP32 peak by a large float32 matmul (TF32
 off on a GPU). A table of all results is printed at the end.
 
-Timing: on the CPU, pytest-benchmark's pedantic mode (median of a few rounds after one warm-up round). On a
+Timing: on the CPU, the process's CPU time (run one thread: ``OMP_NUM_THREADS=1``) of pytest-benchmark's
+pedantic rounds (median of a few rounds after one warm-up round; the ceilings on the same clock). On a
 GPU, the median of CUDA-graph replays (``triton.testing.do_bench_cudagraph``; plain ``do_bench`` with CUDA
 events if capture fails), each call cycling through enough input sets to exceed L2 so the cache is not timed.
 """
@@ -23,11 +24,14 @@ from typing import Any
 import pytest
 import torch
 
+from benches.machine import cpu_seconds, device_name, matmul_peak, matmul_rate, median_seconds
 from mimicfast.ops import _dispatch
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_GPU = DEVICE.type == "cuda"
 PROVIDERS = ("reference", "cpp", "triton", "cuda", "compile")
+# A shared CPU's other jobs stretch wall time, not the CPU time a call takes: CPU rows and ceilings use the latter.
+CLOCK = time.perf_counter if ON_GPU else cpu_seconds
 CIFAR = (256, 3, 32, 32)
 IMAGENET = [(8, 3, 256, 256), (32, 3, 256, 256)] + ([(64, 3, 256, 256)] if ON_GPU else [])
 SHAPES = [CIFAR, *IMAGENET]
@@ -95,17 +99,7 @@ REFERENCE_TIMES: dict[tuple[str, str], float] = {}
 
 
 def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    if ON_GPU:
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if ON_GPU:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(fn, repeats, DEVICE, CLOCK)
 
 
 @pytest.fixture(scope="session")
@@ -116,25 +110,13 @@ def ceilings() -> Ceilings:
         import triton.testing
 
         copy_s = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") * 1e-3
-        torch.backends.cuda.matmul.allow_tf32 = False
-        n = 8192
-        name = torch.cuda.get_device_name(DEVICE)
     else:
         src = torch.randn(64 * 2**20)  # 256 MiB of float32, far beyond the caches
         dst = torch.empty_like(src)
         copy_s = _median_time(lambda: dst.copy_(src), 5)
-        n = 2048
-        name = f"CPU, {torch.get_num_threads()} threads"
     bandwidth = 2 * src.numel() * src.element_size() / copy_s
-    a = torch.randn(n, n, device=DEVICE)
-    b = torch.randn(n, n, device=DEVICE)
-    if ON_GPU:
-        import triton.testing
-
-        mm_s = triton.testing.do_bench(lambda: a @ b, return_mode="median") * 1e-3
-    else:
-        mm_s = _median_time(lambda: a @ b, 5)
-    return Ceilings(name, bandwidth, 2 * n**3 / mm_s)
+    fp32_peak = matmul_peak(torch.float32, "cuda") if ON_GPU else matmul_rate(torch.float32, clock=cpu_seconds)
+    return Ceilings(device_name(DEVICE), bandwidth, fp32_peak)
 
 
 def _time(benchmark, fn: Callable[[], Any], shape: tuple[int, ...], sets: int) -> tuple[float, str]:
@@ -148,9 +130,16 @@ def _time(benchmark, fn: Callable[[], Any], shape: tuple[int, ...], sets: int) -
         except Exception:  # noqa: BLE001 - capture can fail for eager autograd; fall back to events
             ms, how = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median"), "cuda-event median"
         return ms * 1e-3 / sets, how
-    big = shape[0] * shape[2] * shape[3] > 2**20
-    benchmark.pedantic(fn, rounds=1 if big else 3, warmup_rounds=1, iterations=1)
-    return benchmark.stats.stats.median / sets, f"median of {1 if big else 3} rounds"
+    rounds = 1 if shape[0] * shape[2] * shape[3] > 2**20 else 3
+    cpu_times: list[float] = []
+
+    def timed() -> None:
+        start = cpu_seconds()
+        fn()
+        cpu_times.append(cpu_seconds() - start)
+
+    benchmark.pedantic(timed, rounds=rounds, warmup_rounds=1, iterations=1)
+    return statistics.median(cpu_times[-rounds:]) / sets, f"CPU time, median of {rounds} rounds"
 
 
 def input_sets(make: Callable[[int], tuple[torch.Tensor, ...]], bytes_per_set: int) -> list[tuple[torch.Tensor, ...]]:
@@ -201,6 +190,8 @@ def run_bench(benchmark, ceilings: Ceilings):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The op table: speed-up over the reference and fraction of the floor; absolute times only on a GPU (a
+    shared CPU's times say more about its load than about the code, its ratios within one run do not)."""
     if not RESULTS:
         return
     tr = terminalreporter
@@ -210,16 +201,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         f"device: {info['device']}; measured copy bandwidth {info['bandwidth_Bps'] / 1e9:.1f} GB/s, "
         f"FP32 peak {info['fp32_peak_flops'] / 1e9:.1f} GFLOP/s"
     )
-    tr.write_line(
-        f"{'op':<20}{'shape':<14}{'provider':<10}{'time':>11}{'vs ref':>9}{'floor':>11} {'bound':<6}{'of floor':>9}"
-    )
+    times = f"{'time':>11}" if ON_GPU else ""
+    floors = f"{'floor':>10} " if ON_GPU else ""
+    tr.write_line(f"{'op':<20}{'shape':<14}{'provider':<10}{times}{'vs ref':>9} {floors}{'bound':<6}{'of floor':>9}")
     order = {shape_id(s): i for i, s in enumerate(SHAPES)}
     for r in sorted(RESULTS, key=lambda r: (r.op, order.get(r.shape, 0), PROVIDERS.index(r.provider))):
         speed = "" if r.provider == "reference" else f"{r.speedup:.1f}x"
-        tr.write_line(
-            f"{r.op:<20}{r.shape:<14}{r.provider:<10}{_fmt(r.seconds):>11}{speed:>9}"
-            f"{_fmt(r.floor_s):>11} {r.bound:<6}{r.floor_s / r.seconds:>9.1%}"
-        )
+        times = f"{_fmt(r.seconds):>11}" if ON_GPU else ""
+        floors = f"{_fmt(r.floor_s):>10} " if ON_GPU else ""
+        fraction = f"{r.floor_s / r.seconds:>9.1%}"
+        tr.write_line(f"{r.op:<20}{r.shape:<14}{r.provider:<10}{times}{speed:>9} {floors}{r.bound:<6}{fraction}")
 
 
 def _fmt(seconds: float) -> str:
