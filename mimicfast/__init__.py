@@ -12,8 +12,7 @@ Importing this package never initialises CUDA and never fails because an optiona
 from __future__ import annotations
 
 from mimicfast._lazy import lazy_getattr
-
-__version__ = "0.1.0"
+from mimicfast.version import __version__
 
 # Public name -> module that defines it. Resolved lazily so that `import mimicfast` stays cheap
 # and independent of optional backends.

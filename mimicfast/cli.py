@@ -23,7 +23,7 @@ SUBCOMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mimicfast`` parser with every command of ``SUBCOMMAND_MODULES``."""
-    from mimicfast import __version__
+    from mimicfast.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="mimicfast",

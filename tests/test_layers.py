@@ -36,7 +36,7 @@ LAYERS: dict[str, int] = {
 }
 CORE = {
     "errors", "presets", "schedules", "upsample_mode", "_lazy", "safe_read", "atomic", "seeding", "validate", "decode",
-    "outputs", "autograd_memory", "progress",
+    "outputs", "autograd_memory", "progress", "version",
 }
 API = {"api", "gradients", "purify_options"}
 APP = {"attacks", "evaluate", "train", "classifier", "default"}

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import mimicfast
 from mimicfast.api import resolve_preset
 from mimicfast.errors import InputError
 from mimicfast.evaluate.inputs import check_logits, load_classifier, load_data, load_model
@@ -27,6 +26,7 @@ from mimicfast.ops._dispatch import backend_for
 from mimicfast.presets import Preset
 from mimicfast.sampling.denoisers import as_denoiser
 from mimicfast.seeding import check_seed
+from mimicfast.version import __version__
 
 
 def build_spec(
@@ -116,7 +116,7 @@ def build_spec(
         model=model_digest(net)[:32], classifier=classifier_id,
         data=_data_digest(x, y), steps=int(steps), eps=eps, norm=norm, attack_steps=int(attack_steps),
         eot=None if eot is None else int(eot), grad=grad, tau=tau, seed=seed, batch_size=int(batch_size),
-        device_type=torch.device(device).type, dtype=str(x.dtype), version=mimicfast.__version__,
+        device_type=torch.device(device).type, dtype=str(x.dtype), version=__version__,
         backend=backend_for(torch.device(device).type), torch=torch.__version__, presets=presets,
         bare="none" in defense_list, attacks=tuple(dict.fromkeys(attack_list)), draws=int(draws),
         choice_draws=int(choice_draws), n=n, device=device, threads=threads, progress=progress,
