@@ -34,32 +34,36 @@ def _config(path: Path) -> dict:
         raise CheckpointError(f"cannot read the bundled config {cfg_path}: {exc}") from exc
 
 
-def fmnist_unet_config() -> dict:
+def fmnist_unet_config(path: Path = UNET_PATH) -> dict:
     """``create_model`` kwargs of the bundled UNet (its JSON without the ``family`` tag)."""
-    cfg = _config(UNET_PATH)
+    cfg = _config(path)
     if cfg.pop("family", None) != "guided_diffusion":
-        raise CheckpointError(f"{UNET_PATH.with_suffix('.json')}: expected family 'guided_diffusion'")
+        raise CheckpointError(f"{path.with_suffix('.json')}: expected family 'guided_diffusion'")
     return cfg
 
 
-def load_default_unet(device: torch.device | str | None = None) -> nn.Module:
-    """The bundled Fashion-MNIST diffusion UNet (eval mode, frozen)."""
+def load_default_unet(device: torch.device | str | None = None, path: Path = UNET_PATH) -> nn.Module:
+    """The bundled Fashion-MNIST diffusion UNet (eval mode, frozen); ``path``: another file of that format."""
     from mimicfast.models.loader import load_guided_diffusion
 
-    return load_guided_diffusion(UNET_PATH, fmnist_unet_config(), device=device)
+    return load_guided_diffusion(path, fmnist_unet_config(Path(path)), device=device)
 
 
-def load_default_classifier(device: torch.device | str | None = None) -> nn.Module:
-    """The bundled Fashion-MNIST CNN (eval mode, frozen): ``[N, 1, 32, 32]`` in [0, 1] -> logits [N, 10]."""
+def load_default_classifier(device: torch.device | str | None = None, path: Path = CLASSIFIER_PATH) -> nn.Module:
+    """The bundled Fashion-MNIST CNN (eval mode, frozen): ``[N, 1, 32, 32]`` in [0, 1] -> logits [N, 10].
+
+    ``path``: another ``FashionCNN`` safetensors file with its ``{"width": ...}`` JSON beside it.
+    """
     from mimicfast.classifier import FashionCNN
     from mimicfast.models.loader import load_state_dict_file
 
-    meta = _config(CLASSIFIER_PATH)
+    path = Path(path)
+    meta = _config(path)
     model = FashionCNN(width=int(meta["width"]))
     try:
-        model.load_state_dict(load_state_dict_file(CLASSIFIER_PATH), strict=True)
+        model.load_state_dict(load_state_dict_file(path), strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{CLASSIFIER_PATH}: does not match FashionCNN(width={meta['width']}): {exc}") from exc
+        raise CheckpointError(f"{path}: does not match FashionCNN(width={meta['width']}): {exc}") from exc
     return model.to(device or "cpu").eval().requires_grad_(False)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -13,7 +14,15 @@ from tqdm.auto import tqdm
 
 from mimicfast.classifier import FashionCNN
 from mimicfast.evaluate import accuracy
-from mimicfast.train.common import batches, export_safetensors, load_checkpoint, save_checkpoint, step_generator
+from mimicfast.seeding import derive_seed, generator
+from mimicfast.train.common import (
+    AUGMENT,
+    DROPOUT,
+    batches,
+    export_safetensors,
+    load_checkpoint,
+    save_checkpoint,
+)
 from mimicfast.train.configs import ClassifierConfig
 from mimicfast.train.data import fashion_mnist_tensors
 
@@ -65,10 +74,10 @@ def train_classifier(cfg: ClassifierConfig, run_dir: str | Path, export: str | P
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(batches(x.shape[0], cfg.batch_size, cfg.seed, start, stop), total=cfg.steps,
-               initial=start, desc="classifier", dynamic_ncols=True)
+               initial=start, desc="classifier", dynamic_ncols=True, disable=not sys.stderr.isatty())
     for step, idx in bar:
-        torch.manual_seed(step_generator(cfg.seed, step, salt=4).initial_seed())  # dropout, per step
-        xb = augment(x[idx], step_generator(cfg.seed, step, salt=2))
+        torch.manual_seed(derive_seed(cfg.seed, DROPOUT, step))  # dropout, per step
+        xb = augment(x[idx], generator(cfg.seed, AUGMENT, step))
         loss = F.cross_entropy(model(xb), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,9 +1,9 @@
 """Shared pieces of the training loops: seeded batch order, resumable checkpoints, safetensors export.
 
-A run is a pure function of its seed: the batch order of epoch ``e`` is a permutation drawn from a
-generator seeded with ``(seed, e)``, and every random draw of a step (augmentation, diffusion noise,
-timesteps) comes from a generator seeded with ``(seed, step)``. Resuming from a checkpoint at step
-``s`` therefore replays exactly the same steps ``s, s+1, ...`` an uninterrupted run would.
+A run is a pure function of its seed: the batch order of epoch ``e`` is a permutation drawn from
+:func:`mimicfast.seeding.generator` ``(seed, BATCH_ORDER, e)``, and every random draw of a step (augmentation,
+diffusion noise, timesteps, dropout) comes from ``generator(seed, <purpose>, step)``. Resuming from a checkpoint at
+step ``s`` therefore replays exactly the same steps ``s, s+1, ...`` an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
-from mimicfast.atomic import save_torch
+from mimicfast.atomic import save_torch, write_atomic, write_text
 from mimicfast.errors import CheckpointError
+from mimicfast.seeding import generator
 
-
-def step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
-    """A CPU generator that depends only on ``(seed, step, salt)``."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7 + salt)
+# Purpose codes of the random streams of a training run (the first element of the seeding stream).
+BATCH_ORDER, AUGMENT, DIFFUSION_NOISE, DROPOUT = 1, 2, 3, 4
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
@@ -31,7 +30,7 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor
     if per_epoch < 1:
         raise ValueError(f"batch_size {batch_size} is larger than the dataset ({n} examples)")
     epoch, i = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=step_generator(seed, epoch, salt=1))
+    perm = torch.randperm(n, generator=generator(seed, BATCH_ORDER, epoch))
     return perm[i * batch_size : (i + 1) * batch_size]
 
 
@@ -67,7 +66,8 @@ def export_safetensors(module_state: dict[str, torch.Tensor], path: str | os.Pat
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         tensors[k] = v.contiguous()
-    save_file(tensors, str(path))
-    path.chmod(0o644)  # package data: readable by everyone (safetensors writes 0600)
+    data = safetensors_bytes(tensors)
+    write_atomic(path, lambda f: f.write(data))
+    path.chmod(0o644)  # package data: readable by everyone, whatever the umask
     if config is not None:
-        path.with_suffix(".json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_text(path.with_suffix(".json"), json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -36,3 +36,8 @@ class DDPMConfig:
     seed: int = 0
     checkpoint_every: int = 100
     bf16: bool = True
+    #: Warm start: a safetensors file of this architecture (e.g. the shipped EMA) that both the model and its
+    #: EMA start from; "" starts from the seeded random initialisation.
+    init: str = ""
+    #: After the warm-up, decay the learning rate along a cosine to 0 at ``steps`` (False: constant).
+    cosine_lr: bool = False

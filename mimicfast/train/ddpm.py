@@ -2,14 +2,18 @@
 
 ``x_0 = 2 * image - 1`` in [-1, 1]; ``t ~ U{0..999}``; ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` with the
 linear betas 1e-4..0.02 (:func:`mimicfast.schedules.linear_betas`); loss ``||eps - eps_theta(x_t, t)||^2``
-(the "simple" objective), computed under bfloat16 autocast by default. Adam, linear warm-up then a constant learning rate -- so a checkpoint at step K is
-exactly the model a K-step run gives -- gradient-norm clipping at 1, and an EMA of the weights (the weights
-that are exported and sampled).
+(the "simple" objective), computed under bfloat16 autocast by default. Adam, linear warm-up then a constant learning
+rate -- so a checkpoint at step K is exactly the model a K-step run gives -- or, with ``cosine_lr``, a cosine decay to
+0 at ``steps``; gradient-norm clipping at 1, and an EMA of the weights (the weights that are exported and sampled).
+A run may start from existing weights (``init``, e.g. the shipped EMA) to continue training them.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,9 +22,19 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from mimicfast.errors import CheckpointError
 from mimicfast.models import guided_diffusion_unet
+from mimicfast.models.loader import load_state_dict_file
 from mimicfast.schedules import alphas_cumprod, linear_betas
-from mimicfast.train.common import batches, export_safetensors, load_checkpoint, save_checkpoint, step_generator
+from mimicfast.seeding import derive_seed, generator
+from mimicfast.train.common import (
+    DIFFUSION_NOISE,
+    DROPOUT,
+    batches,
+    export_safetensors,
+    load_checkpoint,
+    save_checkpoint,
+)
 from mimicfast.train.configs import DDPMConfig
 from mimicfast.train.data import fashion_mnist_tensors
 
@@ -51,6 +65,25 @@ def unet_config(cfg: DDPMConfig) -> dict:
     return dict(FMNIST_UNET_CONFIG, num_channels=cfg.num_channels, num_res_blocks=cfg.num_res_blocks)
 
 
+def learning_rate(cfg: DDPMConfig, step: int) -> float:
+    """The learning rate of (0-based) ``step``: linear warm-up, then constant or a cosine decay to 0 at ``cfg.steps``."""
+    lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+    if cfg.cosine_lr and step >= cfg.warmup:
+        lr *= 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
+    return lr
+
+
+def init_weights(model: torch.nn.Module, path: str | Path) -> str:
+    """Load the warm-start weights ``path`` into ``model`` (strict); return the file's SHA-256 (recorded in the run)."""
+    state = load_state_dict_file(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"init weights {path} do not fit this architecture ({first})") from exc
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def ddpm_loss(model: torch.nn.Module, x0: torch.Tensor, abar: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """The simple DDPM loss for a batch ``x0`` in [-1, 1], drawing ``t`` and ``eps`` from ``gen``."""
     n = x0.shape[0]
@@ -70,18 +103,23 @@ def train_ddpm(cfg: DDPMConfig, run_dir: str | Path, export: str | Path | None =
     ``cfg.steps`` only exports. ``export`` writes the EMA weights as float32 safetensors with the
     ``{"family": "guided_diffusion", **create_model kwargs}`` JSON beside them. ``data`` overrides the
     Fashion-MNIST training images (``[N, 1, 32, 32]`` in [0, 1]; tests). ``until`` stops after that many
-    steps (a later call resumes); the export happens only once ``cfg.steps`` is reached.
+    steps (a later call resumes); the export happens only once ``cfg.steps`` is reached. ``cfg.init`` starts
+    both the model and its EMA from a safetensors file (its SHA-256 is recorded in the checkpoint; resuming
+    with a different file is refused).
     """
     torch.manual_seed(cfg.seed)
     ckpt_path = Path(run_dir) / "ddpm.pt"
-    x = (data if data is not None else fashion_mnist_tensors("train")[0]) * 2 - 1
     arch = unet_config(cfg)
     model = guided_diffusion_unet(**arch)
+    init_sha = init_weights(model, cfg.init) if cfg.init else ""
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start, wall, loss_avg = 0, 0.0, float("nan")
+    x = (data if data is not None else fashion_mnist_tensors("train")[0]) * 2 - 1
     if ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
+        if state.get("init_sha256", "") != init_sha:
+            raise CheckpointError(f"{ckpt_path} was started from other weights than init={cfg.init!r}")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
@@ -91,20 +129,20 @@ def train_ddpm(cfg: DDPMConfig, run_dir: str | Path, export: str | Path | None =
     def checkpoint(step: int) -> None:
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "ema": ema.state_dict(),
                                     "optimizer": opt.state_dict(), "step": step, "wall_s": wall,
-                                    "loss": loss_avg, "config": asdict(cfg)})
+                                    "loss": loss_avg, "config": asdict(cfg), "init_sha256": init_sha})
 
     stop = cfg.steps if until is None else min(until, cfg.steps)
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(batches(x.shape[0], cfg.batch_size, cfg.seed, start, stop), total=cfg.steps,
-               initial=start, desc="ddpm", dynamic_ncols=True)
+               initial=start, desc="ddpm", dynamic_ncols=True, disable=not sys.stderr.isatty())
     for step, idx in bar:
-        torch.manual_seed(step_generator(cfg.seed, step, salt=4).initial_seed())  # dropout, per step
+        torch.manual_seed(derive_seed(cfg.seed, DROPOUT, step))  # dropout, per step
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+            group["lr"] = learning_rate(cfg, step)
         # bfloat16 autocast: ~1.5x faster on CPUs with avx512_bf16; weights, Adam and the loss stay float32.
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = ddpm_loss(model, x[idx], abar, step_generator(cfg.seed, step, salt=3))
+            loss = ddpm_loss(model, x[idx], abar, generator(cfg.seed, DIFFUSION_NOISE, step))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

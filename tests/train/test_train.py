@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +104,89 @@ def test_train_cli_on_fashion_mnist(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["step"] == 2 and 0.0 <= out["test_accuracy"] <= 1.0
     assert (tmp_path / "c.safetensors").is_file()
+
+
+def test_batch_order_comes_from_the_seeding_scheme():
+    from mimicfast.seeding import generator
+    from mimicfast.train.common import BATCH_ORDER
+
+    perm = torch.randperm(10, generator=generator(7, BATCH_ORDER, 1))  # epoch 1 of 3-example batches
+    assert torch.equal(batch_indices(10, 3, seed=7, step=4), perm[3:6])
+
+
+def _export_tiny_unet(tmp_path, x) -> str:
+    """A UNet that differs from the seeded initialisation (one training step), exported as safetensors."""
+    train_ddpm(DDPMConfig(steps=1, batch_size=4, bf16=False, lr=1e-2, warmup=1), tmp_path / "src",
+               export=tmp_path / "init.safetensors", data=x)
+    return str(tmp_path / "init.safetensors")
+
+
+def test_ddpm_warm_start_loads_weights_into_model_and_ema(tmp_path):
+    import hashlib
+
+    x = _tiny_images(8)
+    init = _export_tiny_unet(tmp_path, x)
+    weights = load_file(init)
+    # lr 0: the weights after a step are the starting weights, so the checkpoint shows what was loaded.
+    cfg = DDPMConfig(steps=1, batch_size=4, bf16=False, lr=0.0, init=init)
+    train_ddpm(cfg, tmp_path / "run", data=x)
+    state = load_checkpoint(tmp_path / "run" / "ddpm.pt")
+    _assert_same_state(state["model"], weights)
+    _assert_same_state(state["ema"], weights)
+    assert state["config"]["init"] == init
+    assert state["init_sha256"] == hashlib.sha256(Path(init).read_bytes()).hexdigest()
+    cold = train_ddpm(DDPMConfig(steps=1, batch_size=4, bf16=False, lr=0.0), tmp_path / "cold", data=x)
+    assert cold["step"] == 1
+    assert not torch.equal(load_checkpoint(tmp_path / "cold" / "ddpm.pt")["model"]["out.2.weight"],
+                           weights["out.2.weight"])
+
+
+def test_ddpm_warm_start_resume_is_exact_and_refuses_other_weights(tmp_path):
+    from mimicfast.errors import CheckpointError
+
+    x = _tiny_images(8)
+    init = _export_tiny_unet(tmp_path, x)
+    cfg = DDPMConfig(steps=3, batch_size=4, checkpoint_every=1, bf16=False, init=init, cosine_lr=True, warmup=1)
+    train_ddpm(cfg, tmp_path / "a", data=x)
+    train_ddpm(cfg, tmp_path / "b", data=x, until=2)
+    train_ddpm(cfg, tmp_path / "b", data=x)
+    a, b = load_checkpoint(tmp_path / "a" / "ddpm.pt"), load_checkpoint(tmp_path / "b" / "ddpm.pt")
+    _assert_same_state(a["model"], b["model"])
+    _assert_same_state(a["ema"], b["ema"])
+    with pytest.raises(CheckpointError, match="started from other weights"):
+        train_ddpm(DDPMConfig(steps=4, batch_size=4, bf16=False), tmp_path / "b", data=x)
+
+
+def test_ddpm_init_of_another_architecture_is_refused_before_writing(tmp_path):
+    from mimicfast.errors import CheckpointError
+
+    classifier = tmp_path / "c.safetensors"
+    from mimicfast.train.common import export_safetensors
+
+    export_safetensors(FashionCNN(width=8).state_dict(), classifier)
+    with pytest.raises(CheckpointError, match="do not fit this architecture"):
+        train_ddpm(DDPMConfig(steps=1, batch_size=4, init=str(classifier)), tmp_path / "run", data=_tiny_images(8))
+    assert not (tmp_path / "run").exists()
+
+
+def test_cosine_learning_rate_warms_up_then_decays_to_zero():
+    from mimicfast.train.ddpm import learning_rate
+
+    cfg = DDPMConfig(steps=110, lr=1.0, warmup=10, cosine_lr=True)
+    assert learning_rate(cfg, 0) == pytest.approx(0.1)
+    assert learning_rate(cfg, 10) == pytest.approx(1.0)
+    assert learning_rate(cfg, 60) == pytest.approx(0.5)
+    assert learning_rate(cfg, 109) < 1e-3
+    assert learning_rate(DDPMConfig(steps=110, lr=1.0, warmup=10), 109) == 1.0
+
+
+def test_export_writes_through_the_atomic_writer(tmp_path, monkeypatch):
+    from mimicfast.train.common import export_safetensors
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a non-atomic write")
+
+    monkeypatch.setattr(Path, "write_text", refuse)
+    export_safetensors({"w": torch.ones(2)}, tmp_path / "m.safetensors", config={"width": 1})
+    assert json.loads((tmp_path / "m.json").read_text(encoding="utf-8")) == {"width": 1}
+    assert torch.equal(load_file(tmp_path / "m.safetensors")["w"], torch.ones(2))
