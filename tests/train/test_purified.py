@@ -38,3 +38,19 @@ def test_cli_measures_the_shipped_pair(tmp_path, capsys):
     result = json.loads(out.read_text(encoding="utf-8"))
     assert result["n"] == 2 and set(result["released"]) == {"bare", "mean", "all_draws", "per_draw", "cpu_s_per_image"}
     assert "released" in capsys.readouterr().out
+
+
+def test_default_loaders_take_another_file(tmp_path):
+    from mimicfast.default import load_default_classifier, load_default_unet
+    from mimicfast.train.common import export_safetensors
+
+    net = FashionCNN(width=8)
+    export_safetensors(net.state_dict(), tmp_path / "c.safetensors", config={"width": 8})
+    loaded = load_default_classifier(path=tmp_path / "c.safetensors")
+    assert loaded.width == 8
+    torch.testing.assert_close(loaded.state_dict(), net.state_dict(), rtol=0, atol=0)
+    unet = guided_diffusion_unet(**FMNIST_UNET_CONFIG)
+    export_safetensors(unet.state_dict(), tmp_path / "u.safetensors",
+                       config={"family": "guided_diffusion", **FMNIST_UNET_CONFIG})
+    torch.testing.assert_close(load_default_unet(path=tmp_path / "u.safetensors").state_dict(), unet.state_dict(),
+                               rtol=0, atol=0)

@@ -190,3 +190,11 @@ def test_export_writes_through_the_atomic_writer(tmp_path, monkeypatch):
     export_safetensors({"w": torch.ones(2)}, tmp_path / "m.safetensors", config={"width": 1})
     assert json.loads((tmp_path / "m.json").read_text(encoding="utf-8")) == {"width": 1}
     assert torch.equal(load_file(tmp_path / "m.safetensors")["w"], torch.ones(2))
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    x = _tiny_images(8)
+    train_ddpm(DDPMConfig(steps=1, batch_size=4, bf16=False), tmp_path / "run", data=x)
+    train_classifier(ClassifierConfig(width=8, steps=1, batch_size=4), tmp_path / "c", data=(x, torch.arange(8)),
+                     test_data=(x, torch.arange(8)))
+    assert capsys.readouterr().err == ""
