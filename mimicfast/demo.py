@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 from mimicfast.errors import InputError
+from mimicfast.progress import show_progress
 
 DEFAULT_N = 32
 DEFAULT_STEPS = 20
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     spec = build_spec(preset=args.preset, steps=args.steps, defense="none,purifier", attacks="clean,transfer,pgd",
                       eps=args.eps, attack_steps=args.attack_steps, eot=args.eot, draws=args.draws,
                       choice_draws=args.choice_draws, n=args.n, seed=args.seed, threads=args.threads,
-                      progress=sys.stderr.isatty())
+                      progress=show_progress())
     torch.use_deterministic_algorithms(True)
     t0 = time.perf_counter()
     print(f"mimicfast demo: {args.n} Fashion-MNIST test images, Linf eps={args.eps:g}, T={args.steps}, "

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from mimicfast.errors import InputError
+from mimicfast.progress import show_progress
 
 DESCRIPTION = """\
 Robust accuracy of a classifier behind the MimicDiffusion purifier.
@@ -56,7 +57,7 @@ def add_parser(subparsers) -> None:
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data and models")
     g.add_argument("--data", type=Path, default=None,
-                   help="images with labels: .pt ({'images', 'labels'}), .npz, .npy + --labels, or a folder of "
+                   help="images with labels: .pt ({'images', 'labels'}), .npy + --labels, or a folder of "
                         "pictures + --labels (default: the bundled Fashion-MNIST test images)")
     g.add_argument("--labels", type=Path, default=None,
                    help="labels file: .npy/.pt, or text (one label per line, or 'file-name label')")
@@ -78,7 +79,9 @@ def add_parser(subparsers) -> None:
                    help="purifier, none (the bare classifier) or none,purifier (default: purifier)")
     g.add_argument("--preset", default="paper", help="preset(s), comma-separated, e.g. paper,released "
                                                      "(default: paper)")
-    g.add_argument("--steps", type=int, default=20, help="reverse steps T (default: 20)")
+    g.add_argument("--steps", type=int, default=None,
+                   help="reverse steps T (default: the package's rule, mimicfast.presets.default_steps: 100 for "
+                        "the bundled 32x32 model)")
     g.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset field, e.g. --set scale=0.003 --set window=None (repeatable)")
     g.add_argument("--draws", type=int, default=5,
@@ -142,7 +145,7 @@ def main(args: argparse.Namespace) -> int:
         attacks=args.attacks, eps=args.eps, norm=args.norm, attack_steps=args.attack_steps, eot=args.eot,
         grad=args.grad, tau=args.tau, draws=args.draws, choice_draws=args.choice_draws, n=args.n, seed=args.seed,
         batch_size=args.batch_size, device=args.device, threads=args.threads,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=not args.no_progress and show_progress(),
     )
     summary = run(spec, args.out)
     if summary is not None:

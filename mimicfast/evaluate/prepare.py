@@ -23,7 +23,7 @@ from mimicfast.evaluate.spec import ATTACK_NAMES, CLEAN, Inputs, RunSpec, defens
 from mimicfast.gradients import DEFAULT_TAU, check_grad_mode
 from mimicfast.models.identity import model_digest, update_with_tensors
 from mimicfast.ops._dispatch import backend_for
-from mimicfast.presets import Preset
+from mimicfast.presets import Preset, default_steps
 from mimicfast.sampling.denoisers import as_denoiser
 from mimicfast.seeding import check_seed
 from mimicfast.version import __version__
@@ -41,7 +41,7 @@ def build_spec(
     checkpoint: str | Path | None = None,
     config: str | None = None,
     preset: str | Preset | Sequence[str | Preset] = "paper",
-    steps: int = 20,
+    steps: int | None = None,
     overrides: dict | None = None,
     defense: str | Sequence[str] = "purifier",
     attacks: str | Sequence[str] = (CLEAN, "transfer", "pgd"),
@@ -90,17 +90,19 @@ def build_spec(
     for name, value in (("--draws", draws), ("--choice-draws", choice_draws), ("--batch-size", batch_size),
                         ("--attack-steps", attack_steps), ("--eot", 1 if eot is None else eot),
                         ("--n", 1 if n is None else n), ("--threads", 1 if threads is None else threads),
-                        ("--steps", steps)):
+                        ("--steps", 1 if steps is None else steps)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise InputError(f"{name} must be an integer >= 1, got {value!r}")
     seed = check_seed(seed, "--seed")
     tau = check_grad_mode(grad, DEFAULT_TAU if tau is None else tau)
     eps = _check_eps(eps, norm)
     device = _check_device(device)
-    presets = _presets(preset, steps, dict(overrides or {})) if "purifier" in defense_list else ()
-
     net = load_model(None if checkpoint is None else Path(checkpoint), config, device)[0]
     denoiser = as_denoiser(net)
+    presets = (_presets(preset, steps, dict(overrides or {}), denoiser.image_size)
+               if "purifier" in defense_list else ())
+    if steps is None:
+        steps = _common_steps(presets, preset, denoiser.image_size)
     x, y, _ = load_data(None if data is None else Path(data), None if labels is None else Path(labels),
                         denoiser.channels or 3, denoiser.image_size, pad)
     if n is not None and n > len(y):
@@ -171,16 +173,17 @@ def _check_device(device: object) -> str:
     return str(device)
 
 
-def _presets(preset: object, steps: int, overrides: dict) -> tuple[Preset, ...]:
-    """The resolved presets; ``--set steps`` (use ``--steps``) and ``--set name`` (defenses are named by their
-    settings) are refused, as is the same defense twice."""
+def _presets(preset: object, steps: int | None, overrides: dict, image_size: int | None) -> tuple[Preset, ...]:
+    """The resolved presets (T = ``steps``, or :func:`mimicfast.presets.default_steps` for the model's
+    ``image_size``); ``--set steps`` (use ``--steps``) and ``--set name`` (defenses are named by their settings)
+    are refused, as is the same defense twice."""
     for key, why in (("steps", "set T with --steps"), ("name", "a defense is named by its settings")):
         if key in overrides:
             raise InputError(f"--set {key}={overrides[key]!r} is not allowed: {why}")
     names = [preset] if isinstance(preset, (str, Preset)) else list(preset)
     if not names:
         raise InputError("--preset names no preset")
-    resolved = tuple(resolve_preset(p, steps, overrides) for p in names)
+    resolved = tuple(resolve_preset(p, steps, overrides, image_size) for p in names)
     labels = [defense_label(p) for p in resolved]
     twice = next((label for k, label in enumerate(labels) if label in labels[:k]), None)
     if twice is not None:
@@ -200,3 +203,14 @@ def _data_digest(x: torch.Tensor, y: torch.Tensor) -> str:
     return digest.hexdigest()[:32]
 
 
+def _common_steps(presets: tuple[Preset, ...], preset: object, image_size: int | None) -> int:
+    """T of a run without ``--steps``: the one default every defense takes (T is a field of the run, so
+    presets whose defaults differ need ``--steps``); a bare-classifier run records the first preset's default."""
+    defaults = {p.name: p.steps for p in presets}
+    if len(set(defaults.values())) > 1:
+        shown = ", ".join(f"{name} {steps}" for name, steps in defaults.items())
+        raise InputError(f"the presets take different default T on this model ({shown}); pass --steps")
+    if defaults:
+        return next(iter(defaults.values()))
+    first = preset if isinstance(preset, (str, Preset)) else next(iter(preset), "paper")
+    return default_steps(first, image_size)

@@ -56,7 +56,12 @@ from mimicfast.models.edm_pickle import (
 )
 from mimicfast.models.edm_precond import PRECOND_CLASSES
 from mimicfast.models.guided_diffusion import GuidedDiffusionUNet, guided_diffusion_unet
-from mimicfast.models.state_dict_file import load_state_dict_file, one_line_errors, read_state_dict
+from mimicfast.models.state_dict_file import (
+    STATE_DICT_SUFFIXES,
+    load_state_dict_file,
+    one_line_errors,
+    read_state_dict,
+)
 from mimicfast.models.weight_checks import build_on_meta, check_weights, short, state_dict_mismatch
 from mimicfast.safe_read import MAX_CHECKPOINT_BYTES, open_regular, read_json
 from mimicfast.schedules import cosine_betas
@@ -115,7 +120,11 @@ def load(path: str | PathLike[str], config: str | Mapping[str, Any] | PathLike[s
         from mimicfast.models.diffusers_interop import load_diffusers
 
         return load_diffusers(path)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+    suffix = path.suffix.lower()
+    if suffix not in (*PICKLE_SUFFIXES, *STATE_DICT_SUFFIXES, ".safetensors"):
+        raise CheckpointError(f"{path}: unknown checkpoint suffix {suffix!r}; expected a diffusers folder or one of "
+                              f"{', '.join((*STATE_DICT_SUFFIXES, '.safetensors', *PICKLE_SUFFIXES))}")
+    if suffix in PICKLE_SUFFIXES:
         if config is not None:
             raise InputError(f"{path}: an EDM .pkl records its own configuration; do not pass a config")
         model = load_edm_pickle(path)

@@ -21,14 +21,14 @@ from mimicfast.errors import CheckpointError
 from mimicfast.models.weight_checks import check_weights, short
 from mimicfast.safe_read import MAX_CHECKPOINT_BYTES, BoundedReader, one_line, open_regular, read_torch
 
-__all__ = ["load_state_dict_file", "one_line_errors", "read_state_dict"]
+__all__ = ["STATE_DICT_SUFFIXES", "load_state_dict_file", "one_line_errors", "read_state_dict"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 # Container keys unwrapped by load_state_dict_file, in order of preference: EMA weights are the ones to sample
 # with when a training checkpoint holds both.
 _CONTAINER_KEYS = ("ema", "state_dict", "model")
-_TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _MAX_MESSAGE = 2000  # mismatch reports list a few keys of each kind; quoted file content is cut
 
 
@@ -73,10 +73,10 @@ def load_state_dict_file(path: str | PathLike[str]) -> dict[str, Tensor]:
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     suffix = path.suffix.lower()
     with open_regular(path, max_bytes=MAX_CHECKPOINT_BYTES) as f:
-        if suffix not in (*_TORCH_SUFFIXES, ".safetensors"):
+        if suffix not in (*STATE_DICT_SUFFIXES, ".safetensors"):
             raise CheckpointError(
                 f"{path}: unknown checkpoint suffix {suffix!r}; expected one of "
-                f"{', '.join(_TORCH_SUFFIXES)} or .safetensors"
+                f"{', '.join(STATE_DICT_SUFFIXES)} or .safetensors"
             )
         obj = _load_safetensors(f) if suffix == ".safetensors" else read_torch(f)
     return _as_state_dict(obj, path)

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from mimicfast.errors import CheckpointError, InputError
 from mimicfast.models.guided_diffusion import guided_diffusion_unet
-from mimicfast.models.loader import GD_CONFIGS, load_guided_diffusion, load_state_dict_file
+from mimicfast.models.loader import GD_CONFIGS, load, load_guided_diffusion, load_state_dict_file
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +207,10 @@ def test_named_configs_build_on_meta():
         assert model.learn_sigma == kwargs["learn_sigma"], name
         assert model.out_channels == channels * (2 if kwargs["learn_sigma"] else 1), name
         assert (model.num_classes == 1000) == kwargs["class_cond"], name
+
+
+def test_an_unknown_suffix_names_every_accepted_format(tmp_path):
+    path = tmp_path / "model.zip"
+    path.write_bytes(b"PK")
+    with pytest.raises(CheckpointError, match=r"'\.zip'.*\.safetensors, \.pkl, \.pickle"):
+        load(path)
