@@ -16,7 +16,6 @@ import time
 import torch
 
 from mimicfast.default import load_default
-from mimicfast.demo import save_grid
 from mimicfast.evaluate import accuracy
 from mimicfast.train.data import CLASSES, fashion_mnist_tensors
 from mimicfast.train.ddpm import sample_unconditional
@@ -31,6 +30,22 @@ def confidence_stats(classifier: torch.nn.Module, x: torch.Tensor) -> dict:
     entropy = -(hist[hist > 0] * hist[hist > 0].log()).sum().item()
     return {"mean_confidence": conf.mean().item(), "confident_0.9": (conf >= 0.9).double().mean().item(),
             "class_entropy": entropy, "class_histogram": dict(zip(CLASSES, hist.tolist(), strict=True))}
+
+
+def save_tiles(images: torch.Tensor, path: str, per_row: int = 8, zoom: int = 3) -> None:
+    """A PNG of ``images`` ([N, 1, H, W] in [0, 1]) tiled ``per_row`` to a row, each enlarged ``zoom`` times."""
+    from PIL import Image
+
+    from mimicfast.atomic import write_atomic
+
+    n, _, h, w = images.shape
+    rows = -(-n // per_row)
+    tiles = torch.zeros(rows * per_row, h, w)
+    tiles[:n] = images[:, 0].clamp(0, 1)
+    grid = tiles.view(rows, per_row, h, w).permute(0, 2, 1, 3).reshape(rows * h, per_row * w)
+    picture = Image.fromarray((grid * 255).round().to(torch.uint8).numpy()).resize(
+        (per_row * w * zoom, rows * h * zoom), Image.NEAREST)
+    write_atomic(path, lambda f: picture.save(f, format="PNG"))
 
 
 def main() -> None:
@@ -52,7 +67,7 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     if args.out:
-        save_grid([(f"samples {8 * r}-{8 * r + 7}", samples[8 * r : 8 * r + 8]) for r in range(8)], args.out)
+        save_tiles(samples[:64], args.out)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from mimicfast.errors import CheckpointError
 from mimicfast.models import guided_diffusion_unet
 from mimicfast.models.loader import load_state_dict_file
-from mimicfast.schedules import alphas_cumprod, linear_betas
+from mimicfast.schedules import alphas_cumprod, linear_betas, start_scale
 from mimicfast.seeding import derive_seed, generator
 from mimicfast.train.common import (
     DIFFUSION_NOISE,
@@ -183,6 +183,6 @@ def sample_unconditional(model: torch.nn.Module, n: int, steps: int = 100, seed:
     denoiser = as_denoiser(model)
     sigmas = denoiser.sigmas(steps, "uniform")  # the model's own training schedule
     noise = PerSampleNoise([seed + i for i in range(n)], shape)
-    x = noise() * float((1 + sigmas[0] ** 2).sqrt())  # x_T ~ N(0, I), in sigma space
+    x = noise() * start_scale(sigmas[0])  # x_T ~ N(0, I), in sigma space
     out = sample(denoiser, x, sigmas, noise=noise, clip_denoised=True, progress=progress)
     return ((out + 1) / 2).clamp(0, 1)
