@@ -8,7 +8,7 @@ from torch import nn
 
 from mimicfast.evaluate.protocols import image_correct, wilson_interval
 from mimicfast.evaluate.seeds import PURPOSES, DefendedModel, purpose_seeds
-from mimicfast.evaluate.summary import ALL_ATTACKS, SUBMISSION, summarize_rows
+from mimicfast.evaluate.summary import ALL_ATTACKS, CHOSEN, SUBMISSION, format_markdown, summarize_rows
 from mimicfast.seeding import derive_seed
 
 
@@ -86,13 +86,34 @@ def test_submission_is_chosen_on_choice_draws_and_scored_on_scoring_draws():
     settings = _settings({"paper": ["clean", "pgd (bpda)", "cw (bpda)"]}, [0] * 3, draws=2)
     out = {(r["attack"], r["protocol"]): r for r in summarize_rows(rows, settings)}
     # Submitted: pgd (right, right), cw (right, right), clean (right, right): all three images survive.
-    assert out[SUBMISSION, "worst"]["accuracy"] == 1 and out[SUBMISSION, "worst"]["n"] == 3
+    assert out[CHOSEN, "worst"]["accuracy"] == 1 and out[CHOSEN, "worst"]["n"] == 3
+    # The headline is the strongest single-submission strategy: always submitting pgd (or cw) leaves 1 of 3.
+    assert out[SUBMISSION, "worst"]["accuracy"] == pytest.approx(1 / 3)
+    assert out[SUBMISSION, "worst"]["strategy"] == "pgd (bpda)"  # the first of equals, in run order
     # The union row lets the attacker pick after the scoring draws: every image falls.
     assert out[ALL_ATTACKS, "worst"]["accuracy"] == 0
     # Without the choice rows of one candidate an image is not counted.
     del rows["paper", "cw (bpda)", "choice", 2, 1]
     out = {(r["attack"], r["protocol"]): r for r in summarize_rows(rows, settings)}
-    assert out[SUBMISSION, "own"]["n"] == 2
+    assert out[CHOSEN, "own"]["n"] == 2
+
+
+def test_the_headline_submission_is_never_weaker_than_a_fixed_attack():
+    # The choice on the attacker's draws picks clean for every image, but always submitting pgd fools image 0.
+    rows = {}
+    rows.update(_rows("paper", "clean", [[0, 0], [0, 0]]))
+    rows.update(_rows("paper", "pgd (bpda)", [[1, 1], [0, 0]]))
+    for attack, preds in {"clean": [[1, 1], [1, 1]], "pgd (bpda)": [[0, 0], [0, 0]]}.items():
+        rows.update(_rows("paper", attack, preds, role="choice"))
+    settings = _settings({"paper": ["clean", "pgd (bpda)"]}, [0] * 2, draws=2)
+    summary = summarize_rows(rows, settings)
+    out = {(r["attack"], r["protocol"]): r for r in summary}
+    for protocol in ("own", "worst", "majority"):
+        assert out[CHOSEN, protocol]["accuracy"] == 1
+        assert out[SUBMISSION, protocol]["accuracy"] == 0.5 and out[SUBMISSION, protocol]["strategy"] == "pgd (bpda)"
+        assert all(out[SUBMISSION, protocol]["accuracy"] <= r["accuracy"] for (a, p), r in out.items()
+                   if p == protocol and a != ALL_ATTACKS)
+    assert "(n=2; pgd (bpda))" in format_markdown(summary, 2).splitlines()[2]
 
 
 def test_seed_purposes_are_disjoint_streams_of_derive_seed():
