@@ -49,10 +49,12 @@ def test_rows_and_summary(reference):
         ("paper", "clean"), ("paper", "transfer"), ("paper", "pgd (bpda)")}
     assert set(summary) == {"rows", "settings", "notes"} and summary["notes"] == []
     for r in summary["rows"]:
-        assert set(r) == {"defense", "attack", "protocol", "accuracy", "n", "ci95"}
+        extra = {"strategy"} if r["attack"] == SUBMISSION else set()
+        assert set(r) == {"defense", "attack", "protocol", "accuracy", "n", "ci95", *extra}
         assert r["n"] == 4 and 0 <= r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] <= 1
-    # none: clean, transfer; paper: submission, clean, transfer, pgd, all attacks -- each under 3 protocols
-    assert len(summary["rows"]) == 7 * 3
+    # none: clean, transfer; paper: submission, submission (choice draws), clean, transfer, pgd, all attacks --
+    # each under 3 protocols
+    assert len(summary["rows"]) == 8 * 3
     assert {r["attack"] for r in summary["rows"] if r["defense"] == "paper"} >= {SUBMISSION, ALL_ATTACKS}
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
     md = (out / "summary.md").read_text()
