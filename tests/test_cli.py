@@ -437,7 +437,7 @@ def test_what_the_readme_creates_is_ignored_by_git() -> None:
     root = Path(__file__).resolve().parents[1]
     if shutil.which("git") is None or not (root / ".git").exists():
         pytest.skip("not a git checkout")
-    paths = [".venv/bin/python", "mimicfast-demo/demo.json", "out/purified.pt"]
+    paths = [".venv/bin/python", "mimicfast-demo/demo.json", "demo-check/demo.json", "out/purified.pt"]
     proc = subprocess.run(["git", "check-ignore", *paths], cwd=root, capture_output=True, text=True)
     assert proc.stdout.split() == paths
 
