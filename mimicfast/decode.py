@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mimicfast.errors import CheckpointError, InputError
-from mimicfast.safe_read import BoundedReader, open_regular
+from mimicfast.safe_read import BoundedReader, open_regular, read_torch
 from mimicfast.validate import check_channels, check_dense, check_images
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ def _read_batch(path: Path) -> torch.Tensor:
     else:
         with open_input(path) as f:
             try:
-                obj = torch.load(f, map_location="cpu", weights_only=True)
+                obj = read_torch(f)
             except Exception as exc:  # noqa: BLE001 -- any unpickling failure is a bad input file
                 raise InputError(f"{path}: not a tensor file loadable without executing code ({exc})") from None
         tensor = obj.get("images") if isinstance(obj, dict) else obj

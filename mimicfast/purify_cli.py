@@ -261,6 +261,7 @@ def _load_chunk(path: Path, key: str, shape: tuple[int, ...]) -> tuple[torch.Ten
 
     from mimicfast.decode import open_input
     from mimicfast.errors import InputError
+    from mimicfast.safe_read import read_torch
     from mimicfast.validate import check_images
 
     if not path.exists():
@@ -270,7 +271,7 @@ def _load_chunk(path: Path, key: str, shape: tuple[int, ...]) -> tuple[torch.Ten
         expected *= dim
     try:
         with open_input(path, max_bytes=2 * expected + (1 << 20)) as f:
-            obj = torch.load(f, map_location="cpu", weights_only=True)
+            obj = read_torch(f)
     except Exception as exc:  # noqa: BLE001 -- any unreadable chunk is recomputed
         return None, f"unreadable: {type(exc).__name__}"
     if not isinstance(obj, dict) or obj.get("key") != key:

@@ -27,7 +27,7 @@ import torch
 from mimicfast.atomic import save_torch, write_atomic, write_text
 from mimicfast.errors import CheckpointError, InputError
 from mimicfast.evaluate.spec import IDENTITY, RunSpec, first_difference, preset_record, spec_id_of
-from mimicfast.safe_read import MAX_CHECKPOINT_BYTES, one_line, open_regular, read_json
+from mimicfast.safe_read import MAX_CHECKPOINT_BYTES, one_line, open_regular, read_json, read_torch
 
 SETTINGS = "settings.json"
 FORMAT = 2
@@ -147,7 +147,7 @@ def load_adv(path: Path, spec_id: str, indices: list[int], x: torch.Tensor, eps:
         return None, None
     try:
         with open_regular(path, max_bytes=MAX_CHECKPOINT_BYTES, what="adversarial examples") as f:
-            saved = torch.load(f, map_location="cpu", weights_only=True)
+            saved = read_torch(f)
     except Exception as exc:  # noqa: BLE001 -- any failure to read a saved batch means: recompute it
         return None, f"{path}: unreadable ({one_line(exc)}); recomputed"
     x_cpu = x.detach().cpu()

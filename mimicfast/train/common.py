@@ -18,6 +18,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from mimicfast.atomic import save_torch, write_atomic, write_text
 from mimicfast.errors import CheckpointError
+from mimicfast.safe_read import MAX_CHECKPOINT_BYTES, open_regular, read_torch
 from mimicfast.seeding import generator
 
 # Purpose codes of the random streams of a training run (the first element of the seeding stream).
@@ -50,7 +51,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` without executing code from it."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path, max_bytes=MAX_CHECKPOINT_BYTES, what="training checkpoint") as f:
+            return read_torch(f)
     except Exception as exc:  # corrupt file, or one that would need arbitrary unpickling
         raise CheckpointError(f"cannot read training checkpoint {path}: {exc}") from exc
 
