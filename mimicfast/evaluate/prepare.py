@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from mimicfast.ops._dispatch import backend_for
 from mimicfast.presets import Preset, default_steps
 from mimicfast.sampling.denoisers import as_denoiser
 from mimicfast.seeding import check_seed
+from mimicfast.validate import check_count, check_eps, check_norm
 from mimicfast.version import __version__
 
 
@@ -91,8 +91,7 @@ def build_spec(
                         ("--attack-steps", attack_steps), ("--eot", 1 if eot is None else eot),
                         ("--n", 1 if n is None else n), ("--threads", 1 if threads is None else threads),
                         ("--steps", 1 if steps is None else steps)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+        check_count(value, name)
     seed = check_seed(seed, "--seed")
     tau = check_grad_mode(grad, DEFAULT_TAU if tau is None else tau)
     eps = _check_eps(eps, norm)
@@ -143,18 +142,16 @@ def _check_names(attacks: list[str], defenses: list[str], norm: str) -> None:
                          f"choose from {', '.join(ATTACK_NAMES)}")
     if not defenses or any(d not in ("none", "purifier") for d in defenses):
         raise InputError(f"--defense takes 'purifier', 'none' or both, got {','.join(defenses)!r}")
-    if norm not in ("Linf", "L2"):
-        raise InputError(f"--norm must be Linf or L2, got {norm!r}")
+    check_norm(norm, "--norm")
 
 
 def _check_eps(eps: object, norm: str) -> float:
     """A finite eps >= 0, for Linf at most 1 (the side of the image cube; L2 is checked against the image size
     once the data is loaded)."""
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
-        raise InputError(f"--eps must be a finite number >= 0, got {eps!r}")
+    eps = check_eps(eps, name="--eps")
     if norm == "Linf" and eps > 1:
         raise InputError(f"--eps must be at most 1 for Linf (pixels lie in [0, 1]), got {eps:g}")
-    return float(eps)
+    return eps
 
 
 def _check_device(device: object) -> str:
