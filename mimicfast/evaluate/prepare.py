@@ -23,6 +23,7 @@ from mimicfast.gradients import DEFAULT_TAU, check_grad_mode
 from mimicfast.models.identity import model_digest, update_with_tensors
 from mimicfast.ops._dispatch import backend_for
 from mimicfast.presets import Preset, default_steps
+from mimicfast.purify_options import resolve_device
 from mimicfast.sampling.denoisers import as_denoiser
 from mimicfast.seeding import check_seed
 from mimicfast.validate import check_count, check_eps, check_norm
@@ -155,18 +156,11 @@ def _check_eps(eps: object, norm: str) -> float:
 
 
 def _check_device(device: object) -> str:
-    """``cpu``, ``cuda`` or ``cuda:<k>`` of a present GPU, else InputError."""
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"--device {device!r} is not a device; use cpu or cuda") from None
-    if parsed.type not in ("cpu", "cuda"):
+    """``cpu``, ``cuda`` or ``cuda:<k>`` of a present GPU (checked by the purifier's
+    :func:`~mimicfast.purify_options.resolve_device`), else InputError."""
+    parsed = resolve_device(device)
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
         raise InputError(f"--device {device!r}: the evaluation runs on cpu or cuda")
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {device!r}: no CUDA device is available")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise InputError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
     return str(device)
 
 
