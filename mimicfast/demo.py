@@ -82,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
     evaluate(spec, args.out / "eval")
     summary = ran(args.out / "eval", spec)
     wall = time.perf_counter() - t0
-    print(f"\n{table(summary)}\n\nAccuracy [95% Wilson interval] (images). transfer: PGD against the bare classifier "
-          f"({args.attack_steps} steps); pgd (bpda): PGD through the purifier, BPDA gradients, EOT {args.eot}, "
-          f"{args.attack_steps} steps.\n\n{meanings(args.draws)}")
+    print(f"\n{table(summary)}\n\nAccuracy [95% Wilson interval] (images). transfer: PGD against the bare classifier; "
+          f"pgd: PGD through the purifier with BPDA gradients; each label gives the iterations (it) and the defense "
+          f"draws per gradient (EOT).\n\n{meanings(args.draws)}")
     record = {"summary": summary, "wall_s": round(wall, 1), "command": "mimicfast demo " + " ".join(_argv(args)),
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -142,12 +142,13 @@ def grid_rows(args: argparse.Namespace) -> list[tuple[str, object, list[bool]]]:
     from mimicfast.api import Purifier, resolve_preset
     from mimicfast.default import load_default_unet, load_test_slice
     from mimicfast.evaluate.seeds import purpose_seeds
-    from mimicfast.evaluate.spec import defense_label
+    from mimicfast.evaluate.spec import attack_label, defense_label
     from mimicfast.evaluate.store import adv_path, load_adv, read_settings
 
     out = args.out / "eval"
     settings = read_settings(out)
-    batch = settings["identity"]["batch_size"]
+    identity = settings["identity"]
+    batch = identity["batch_size"]
     k = min(_COLS, args.n)
     # A batch's saved examples cover the images of the run that attacked it last: this command's n, or the
     # folder's largest n when an earlier run attacked more images.
@@ -171,13 +172,15 @@ def grid_rows(args: argparse.Namespace) -> list[tuple[str, object, list[bool]]]:
         return torch.cat(parts)[:k]
 
     net = load_default_unet()
-    transfer = adversarial("none", "transfer")
+    transfer = adversarial("none", attack_label("transfer", False, identity["grad"], identity["attack_steps"],
+                                                identity["eot"]))
     out_rows = [("clean image", x, _right(x, labels)),
                 ("PGD on the bare classifier (transfer)", transfer, _right(transfer, labels))]
     for preset in (resolve_preset(p, args.steps, {}) for p in args.preset):
         defense = defense_label(preset)
         purifier = Purifier(net, preset=preset)
-        adaptive = adversarial(defense, "pgd (bpda)")
+        adaptive = adversarial(defense, attack_label("pgd", True, identity["grad"], identity["attack_steps"],
+                                                     identity["eot"]))
 
         def purify(images: torch.Tensor, purifier: Purifier = purifier) -> torch.Tensor:
             # The table's batches (k is n or a multiple of the batch size) and draw-0 seeds: the images it scored.

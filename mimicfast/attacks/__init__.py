@@ -19,6 +19,7 @@ estimator (:func:`mimicfast.attacks.eot.eot_gradient`). ``x_adv`` lies within ``
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from functools import partial
 
@@ -53,6 +54,13 @@ _CALLS: dict[str, Callable[..., int]] = {
 }
 
 
+def default_eot(name: str) -> int:
+    """The ``eot`` an attack uses when none is given (``aa-rand``: 20, as AutoAttack's ``rand``; the others: 1)."""
+    if name not in ATTACKS:
+        raise InputError(f"unknown attack {name!r}; choose from {sorted(ATTACKS)}")
+    return int(inspect.signature(ATTACKS[name]).parameters["eot"].default)
+
+
 def model_calls(name: str, **kw: object) -> int:
     """How many times ``ATTACKS[name](model, x, y, **kw)`` calls ``model`` (the same for any data).
 
@@ -75,6 +83,7 @@ __all__ = [
     "apgd_with_success",
     "ce_loss",
     "cw",
+    "default_eot",
     "dlr_loss",
     "model_calls",
     "pgd",

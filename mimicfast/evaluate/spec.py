@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mimicfast.attacks import ATTACKS
+from mimicfast.attacks import ATTACKS, default_eot
 from mimicfast.presets import PRESETS, Preset
 
 CLEAN = "clean"  # the no-attack row: the defense on the clean images (standard accuracy)
@@ -106,13 +106,27 @@ class RunSpec:
         return [a for a in self.attacks if preset is not None or a != "pgd" or "transfer" not in self.attacks]
 
     def attack_label(self, attack: str, preset: Preset | None) -> str:
-        """The attack's name in rows and tables: attacks through the purifier carry their gradient mode."""
-        return f"{attack} ({self.grad})" if preset is not None and attack not in (CLEAN, "transfer") else attack
+        """The attack's name in rows and tables, with its budget (:func:`attack_label`)."""
+        return attack_label(attack, preset is not None, self.grad, self.attack_steps, self.eot)
 
     @property
     def defenses(self) -> list[tuple[str, Preset | None]]:
         """``(label, preset)`` per defense of this run, the bare classifier (``("none", None)``) first."""
         return [("none", None)] * self.bare + [(defense_label(p), p) for p in self.presets]
+
+
+def attack_label(attack: str, purified: bool, grad: str, steps: int, eot: int | None) -> str:
+    """An attack's name with the budget it ran at, so that a table never shows an attack without it.
+
+    ``"clean"``; ``"transfer (10 it)"`` and, on the bare classifier, ``"pgd (10 it)"``; through the purifier
+    (``purified``) the gradient mode, iterations and defense draws per gradient (``eot`` None: the attack's
+    default, :func:`mimicfast.attacks.default_eot`): ``"aa-rand (bpda, 100 it, EOT 4)"``.
+    """
+    if attack == CLEAN:
+        return attack
+    if not purified or attack == "transfer":
+        return f"{attack} ({steps} it)"
+    return f"{attack} ({grad}, {steps} it, EOT {default_eot(attack) if eot is None else eot})"
 
 
 def spec_id_of(identity: dict) -> str:

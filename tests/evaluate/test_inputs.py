@@ -100,7 +100,7 @@ def test_bare_classifier_run_on_user_data(tmp_path):
     finally:
         torch.set_num_threads(threads)
     rows = {(r["attack"], r["protocol"]): r for r in summary["rows"]}
-    assert rows["clean", "own"]["n"] == 6 and rows["transfer", "worst"]["n"] == 6
+    assert rows["clean", "own"]["n"] == 6 and rows["transfer (2 it)", "worst"]["n"] == 6
 
 
 def _one_line(err: pytest.ExceptionInfo) -> str:

@@ -45,8 +45,8 @@ def test_rows_and_summary(reference):
     spec_id = read_settings(out)["spec_id"]
     assert {r["spec"] for r in rows} == {spec_id}  # every row carries its run's identity
     assert {(r["defense"], r["attack"]) for r in rows} == {
-        ("none", "clean"), ("none", "transfer"),
-        ("paper", "clean"), ("paper", "transfer"), ("paper", "pgd (bpda)")}
+        ("none", "clean"), ("none", "transfer (1 it)"),
+        ("paper", "clean"), ("paper", "transfer (1 it)"), ("paper", "pgd (bpda, 1 it, EOT 1)")}
     assert set(summary) == {"rows", "settings", "notes"} and summary["notes"] == []
     for r in summary["rows"]:
         extra = {"strategy"} if r["attack"] == SUBMISSION else set()
@@ -58,7 +58,7 @@ def test_rows_and_summary(reference):
     assert {r["attack"] for r in summary["rows"] if r["defense"] == "paper"} >= {SUBMISSION, ALL_ATTACKS}
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
     md = (out / "summary.md").read_text()
-    assert md.index("| paper | submission |") < md.index("| paper | pgd (bpda) |")
+    assert md.index("| paper | submission |") < md.index("| paper | pgd (bpda, 1 it, EOT 1) |")
     assert "* eps: `0.1`" in md and "worst of 2: right on all 2 scoring draws" in md  # settings as a list
     from mimicfast.default import load_default_classifier, load_test_slice
 

@@ -14,7 +14,7 @@ from torch import nn
 from mimicfast.cli import main
 from mimicfast.errors import InputError
 from mimicfast.evaluate.prepare import build_spec
-from mimicfast.evaluate.spec import defense_label, first_difference
+from mimicfast.evaluate.spec import attack_label, defense_label, first_difference
 from mimicfast.presets import PAPER, RELEASED
 from tests.evaluate.conftest import TINY, TINY_ARGS
 
@@ -27,6 +27,15 @@ def test_defense_labels_come_from_the_resolved_settings_only():
     assert defense_label(RELEASED.replace(name="paper", steps=7)) == "released"
     assert defense_label(PAPER.replace(scale=0.003, window=None)) == "paper window=None scale=0.003"
     assert defense_label(PAPER.replace(window=(0.1, 0.4))) == "paper window=0.1,0.4"
+
+
+def test_attack_labels_carry_the_budget():
+    assert attack_label("clean", True, "bpda", 10, None) == "clean"
+    assert attack_label("transfer", True, "bpda", 10, 4) == "transfer (10 it)"  # the bare classifier: no EOT
+    assert attack_label("pgd", False, "full", 7, None) == "pgd (7 it)"
+    assert attack_label("pgd", True, "full", 20, None) == "pgd (full, 20 it, EOT 1)"
+    assert attack_label("aa-rand", True, "bpda", 100, None) == "aa-rand (bpda, 100 it, EOT 20)"  # its default EOT
+    assert attack_label("aa-rand", True, "bpda", 100, 4) == "aa-rand (bpda, 100 it, EOT 4)"
 
 
 def test_spec_is_frozen_and_its_id_covers_the_identity():

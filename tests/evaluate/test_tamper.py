@@ -14,7 +14,7 @@ from mimicfast.cli import main
 from mimicfast.errors import InputError
 from mimicfast.evaluate.rows import _chain
 from mimicfast.evaluate.spec import spec_id_of
-from mimicfast.evaluate.store import load_adv, save_adv
+from mimicfast.evaluate.store import adv_path, load_adv, save_adv
 from mimicfast.evaluate.summary import combined, summarize
 from tests.evaluate.conftest import N_ROWS, counted_rows, tiny_run
 
@@ -146,7 +146,7 @@ def test_damaged_timing_is_a_one_line_error(reference, tmp_path):
 
 def test_a_far_adversarial_example_is_recomputed_with_a_note(reference, tmp_path, capsys):
     out = _copy(reference, tmp_path)
-    path = out / "adv" / "paper" / "pgd_bpda" / "batch-00000.pt"
+    path = adv_path(out, "paper", "pgd (bpda, 1 it, EOT 1)", 0)
     saved = torch.load(path, weights_only=True)
     saved["x_adv"] = 1 - saved["x_adv"]  # about 1.0 away from the clean image at eps 0.1
     torch.save(saved, path)
