@@ -150,7 +150,7 @@ def purify(
     denoiser = as_denoiser(model)
     if options.device is not None:
         denoiser = _on_device(denoiser, options.device)
-    return _purify_images(x, denoiser, options.resolve_preset(denoiser.image_size), options, None, fast_cache={})
+    return _purify_images(x, denoiser, options.resolve_preset(denoiser), options, None, fast_cache={})
 
 
 def _options(options: PurifyOptions | None, settings: dict[str, Any]) -> PurifyOptions:
@@ -272,7 +272,7 @@ class Purifier(nn.Module):
         self.options = _options(options, settings)
         denoiser = as_denoiser(model)
         self.denoiser = denoiser if self.options.device is None else _on_device(denoiser, self.options.device)
-        self.preset = self.options.resolve_preset(self.denoiser.image_size)
+        self.preset = self.options.resolve_preset(self.denoiser)
         self.seed = self.options.seed
         self.grad = self.options.grad
         self._fast_cache: dict = {}  # captured CUDA graphs are reused across forward calls

@@ -35,18 +35,29 @@ def _config(path: Path) -> dict:
 
 
 def fmnist_unet_config(path: Path = UNET_PATH) -> dict:
-    """``create_model`` kwargs of the bundled UNet (its JSON without the ``family`` tag)."""
-    cfg = _config(path)
+    """``create_model`` kwargs of the bundled UNet (its JSON without the ``family`` tag and guidance scales)."""
+    return _unet_config_and_scales(Path(path))[0]
+
+
+def _unet_config_and_scales(path: Path) -> tuple[dict, dict[str, float]]:
+    from mimicfast.models.configs import split_guidance_scales
+
+    try:
+        cfg, scales = split_guidance_scales(_config(path))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path.with_suffix('.json')}: {exc}") from None
     if cfg.pop("family", None) != "guided_diffusion":
         raise CheckpointError(f"{path.with_suffix('.json')}: expected family 'guided_diffusion'")
-    return cfg
+    return cfg, scales
 
 
 def load_default_unet(device: torch.device | str | None = None, path: Path = UNET_PATH) -> nn.Module:
-    """The bundled Fashion-MNIST diffusion UNet (eval mode, frozen); ``path``: another file of that format."""
-    from mimicfast.models.loader import load_guided_diffusion
+    """The bundled Fashion-MNIST diffusion UNet (eval mode, frozen), with the guidance scales tuned for it as
+    ``guidance_scales`` (docs/MODEL_CARD.md); ``path``: another file of that format."""
+    from mimicfast.models.loader import load_guided_diffusion, with_guidance_scales
 
-    return load_guided_diffusion(path, fmnist_unet_config(Path(path)), device=device)
+    cfg, scales = _unet_config_and_scales(Path(path))
+    return with_guidance_scales(load_guided_diffusion(path, cfg, device=device), scales)
 
 
 def load_default_classifier(device: torch.device | str | None = None, path: Path = CLASSIFIER_PATH) -> nn.Module:

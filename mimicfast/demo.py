@@ -139,7 +139,7 @@ def grid_rows(args: argparse.Namespace) -> list[tuple[str, object, list[bool]]]:
     """
     import torch
 
-    from mimicfast.api import Purifier, resolve_preset
+    from mimicfast.api import Purifier
     from mimicfast.default import load_default_unet, load_test_slice
     from mimicfast.evaluate.seeds import purpose_seeds
     from mimicfast.evaluate.spec import attack_label, defense_label
@@ -176,9 +176,9 @@ def grid_rows(args: argparse.Namespace) -> list[tuple[str, object, list[bool]]]:
                                                 identity["eot"]))
     out_rows = [("clean image", x, _right(x, labels)),
                 ("PGD on the bare classifier (transfer)", transfer, _right(transfer, labels))]
-    for preset in (resolve_preset(p, args.steps, {}) for p in args.preset):
-        defense = defense_label(preset)
-        purifier = Purifier(net, preset=preset)
+    for name in args.preset:
+        purifier = Purifier(net, preset=name, steps=args.steps)
+        defense = defense_label(purifier.preset)
         adaptive = adversarial(defense, attack_label("pgd", True, identity["grad"], identity["attack_steps"],
                                                      identity["eot"]))
 

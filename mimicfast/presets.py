@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -197,6 +198,20 @@ def get_preset(preset: str | Preset) -> Preset:
 SMALL_MODEL_SIZE = 64
 #: The paper's T for 32x32 and 64x64 models (its CIFAR-10 experiments); larger models take the preset's 1000.
 SMALL_MODEL_STEPS = 100
+
+
+def default_scale(preset: str | Preset, model_scales: Mapping[str, float]) -> float:
+    """The guidance scale used when none is given: the one rule of the API and of every command.
+
+    A :class:`Preset` object keeps its own ``scale``. A preset named ``name`` takes the scale the model declares
+    as tuned for ``name`` (its config's ``guidance_scale``, e.g. the bundled Fashion-MNIST UNet's
+    ``{"released": 1000}``, chosen by measurement in docs/MODEL_CARD.md), else the preset's own (the paper gives
+    no value; ``released`` keeps the authors' 3000).
+    """
+    p = get_preset(preset)
+    if isinstance(preset, str) and preset in model_scales:
+        return float(model_scales[preset])
+    return p.scale
 
 
 def default_steps(preset: str | Preset, image_size: int | None) -> int:

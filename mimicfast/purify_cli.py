@@ -148,7 +148,7 @@ def plan(args: argparse.Namespace) -> Plan:
     checkpoint = UNET_PATH if args.checkpoint is None else args.checkpoint  # found from the package, not the cwd
     model = load(checkpoint, args.config)
     denoiser = as_denoiser(model)
-    preset = resolve_preset(args.preset, args.steps, {}, denoiser.image_size)
+    preset = resolve_preset(args.preset, args.steps, {}, denoiser)
     geometry = Geometry(denoiser.channels or 3, denoiser.image_size, args.resize, args.pad, args.grey, FIT_OPTIONS)
     decoded = decode_inputs(inputs, geometry)
     images, names = decoded.images, decoded.names

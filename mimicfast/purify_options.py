@@ -16,7 +16,8 @@ import torch
 from mimicfast.errors import InputError
 from mimicfast.fast.precision import resolve_autocast
 from mimicfast.gradients import DEFAULT_TAU, check_grad_mode
-from mimicfast.presets import Preset, default_steps, get_preset
+from mimicfast.presets import Preset, default_scale, default_steps, get_preset
+from mimicfast.sampling.denoisers import Denoiser
 from mimicfast.seeding import expand_seeds, private_seeds
 from mimicfast.validate import check_count
 
@@ -29,7 +30,7 @@ class PurifyOptions:
 
     ``preset`` is what the caller named (a name or a :class:`Preset`), ``steps`` the T asked for (None: the
     rule of :func:`mimicfast.presets.default_steps`), ``overrides`` the other preset fields changed;
-    :meth:`resolve_preset` combines them for a model's image size.
+    :meth:`resolve_preset` combines them for a model (its image size and tuned guidance scales).
     """
 
     preset: str | Preset = "paper"
@@ -110,9 +111,9 @@ class PurifyOptions:
         options.resolve_preset(None)  # a bad field fails now, not at the first call
         return options
 
-    def resolve_preset(self, image_size: int | None) -> Preset:
-        """The preset to run on a model of ``image_size`` (None: unknown): :func:`resolve_preset`."""
-        return resolve_preset(self.preset, self.steps, dict(self.overrides), image_size)
+    def resolve_preset(self, denoiser: Denoiser | None) -> Preset:
+        """The preset to run on ``denoiser`` (None: an unknown model): :func:`resolve_preset`."""
+        return resolve_preset(self.preset, self.steps, dict(self.overrides), denoiser)
 
     def seeds(self, batch: int, seed: Seed = None) -> list[int]:
         """One seed per image of a batch: ``seed`` (this call's) or else the options' seed; None draws
@@ -122,12 +123,17 @@ class PurifyOptions:
 
 
 def resolve_preset(
-    preset: str | Preset, steps: int | None, overrides: dict[str, Any], image_size: int | None = None
+    preset: str | Preset, steps: int | None, overrides: dict[str, Any], denoiser: Denoiser | None = None
 ) -> Preset:
-    """``preset`` with ``overrides`` (other :class:`Preset` fields) applied and T = ``steps``, or, when ``steps``
-    is None, :func:`mimicfast.presets.default_steps` for a model of ``image_size`` (None: unknown)."""
+    """``preset`` with ``overrides`` (other :class:`Preset` fields) applied and T = ``steps``, for ``denoiser``
+    (None: an unknown model). When ``steps`` is None, T is :func:`mimicfast.presets.default_steps` for the
+    model's image size; when ``overrides`` sets no ``scale``, the scale is :func:`mimicfast.presets.default_scale`
+    for the guidance scales the model declares."""
+    image_size = None if denoiser is None else denoiser.image_size
     if steps is None:
         steps = default_steps(preset, image_size)
+    if "scale" not in overrides:
+        overrides = {**overrides, "scale": default_scale(preset, {} if denoiser is None else denoiser.guidance_scales)}
     return get_preset(preset).replace(**overrides, steps=steps)
 
 

@@ -35,6 +35,14 @@ def test_classifier_beats_90_percent_on_the_shipped_slice(models):
     assert accuracy(classifier, x, y) > 0.90
 
 
+def test_unet_declares_the_guidance_scales_tuned_for_it(models):
+    unet, _ = models
+    assert unet.guidance_scales == {"paper": 0.01, "released": 1000.0}  # docs/MODEL_CARD.md, "Guidance scale"
+    assert mimicfast.Purifier(unet, preset="released").preset.scale == 1000.0
+    assert mimicfast.Purifier(unet, preset=mimicfast.presets.RELEASED).preset.scale == 3000.0
+    assert "guidance_scale" not in fmnist_unet_config()  # never reaches the network's constructor
+
+
 def test_unet_is_a_trained_eps_predictor(models):
     unet, _ = models
     assert mimicfast.load_default is load_default
@@ -55,12 +63,6 @@ def test_unet_is_a_trained_eps_predictor(models):
 
 def test_shipped_unet_config_is_the_named_config() -> None:
     """`--config fashion-mnist-32` and the JSON beside the shipped weights describe the same network."""
-    import json
-    from pathlib import Path
-
-    import mimicfast
     from mimicfast.models import GD_CONFIGS
 
-    shipped = json.loads((Path(mimicfast.__file__).parent / "weights" / "fmnist_unet.json").read_text())
-    shipped.pop("family")
-    assert shipped == GD_CONFIGS["fashion-mnist-32"]
+    assert fmnist_unet_config() == GD_CONFIGS["fashion-mnist-32"]

@@ -43,7 +43,7 @@ def test_demo_end_to_end_reproducible_and_reports_what_it_ran(tmp_path, capsys):
     fresh = _demo(capsys, *ARGV, "--n", "2", "--out", str(tmp_path / "b"))
     assert _table(resumed) == _table(fresh)
     table = "\n".join(_table(fresh))
-    assert "| none | clean |" in table and "| paper | pgd (bpda, 1 it, EOT 1) |" in table and "| released | transfer (1 it) |" in table
+    assert "| none | clean |" in table and "| paper | pgd (bpda, 1 it, EOT 1) |" in table and "| released scale=1000 | transfer (1 it) |" in table
     assert "| paper | submission |" in table and "worst of 2" in table and "majority of 2" in table
     assert "(n=4)" not in "\n".join(_table(resumed)) and "mimicfast demo: 2 Fashion-MNIST" in resumed
     record = json.loads((tmp_path / "a" / "demo.json").read_text())
@@ -55,7 +55,7 @@ def test_demo_end_to_end_reproducible_and_reports_what_it_ran(tmp_path, capsys):
     assert notes == []
     args = build_parser().parse_args([*ARGV, "--n", "2", "--out", str(tmp_path / "a")])
     by_label = {label: right for label, _, right in grid_rows(args)}
-    for defense in ("paper", "released"):
+    for defense in ("paper", "released scale=1000"):
         for label, attack in (("purified clean", "clean"), ("purified PGD-EOT", "pgd (bpda, 1 it, EOT 1)")):
             expected = [rows[defense, attack, "score", i, 0]["pred"] == rows[defense, attack, "score", i, 0]["label"]
                         for i in range(2)]

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mimicfast.errors import InputError
-from mimicfast.presets import PRESETS, get_preset
+from mimicfast.presets import PRESETS, default_scale, get_preset
+from mimicfast.purify_options import resolve_preset
 
 
 @pytest.mark.parametrize(
@@ -55,3 +56,21 @@ def test_builtin_presets_are_valid_and_unknown_names_refused() -> None:
     assert set(PRESETS) == {"paper", "released"}
     with pytest.raises(InputError, match="unknown preset"):
         get_preset("nope")
+
+
+def test_default_scale_is_the_models_tuned_scale_for_a_named_preset() -> None:
+    tuned = {"released": 1000.0}
+    assert default_scale("released", tuned) == 1000.0
+    assert default_scale("paper", tuned) == PRESETS["paper"].scale  # not declared: the preset's own
+    assert default_scale("released", {}) == PRESETS["released"].scale
+    assert default_scale(PRESETS["released"], tuned) == PRESETS["released"].scale  # a Preset object keeps its own
+
+
+def test_resolve_preset_applies_the_models_scale_unless_one_is_given() -> None:
+    class Tuned:
+        image_size, guidance_scales = 32, {"released": 1000.0}
+
+    assert resolve_preset("released", None, {}, Tuned()).scale == 1000.0
+    assert resolve_preset("released", None, {"scale": 3000}, Tuned()).scale == 3000.0
+    assert resolve_preset("released", None, {}, None).scale == PRESETS["released"].scale
+    assert resolve_preset("paper", None, {}, Tuned()).steps == 100  # T still follows the image size

@@ -5,7 +5,7 @@ for each model and preset, the accuracy averaged over draws (solid) and correct 
 bare classifier as a dotted line. Needs matplotlib, which the package does not depend on::
 
     python docs/img/plot_purified_accuracy.py --out docs/img/purified_accuracy.png \\
-        "6,000 steps=runs/measure/shipped_t*.json" "8,400 steps=runs/measure/new_t*.json"
+        "tuned scales=runs/measure/tuned_t*.json" "released at 3000=runs/measure/r3000_t*.json"
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    bares: set[float] = set()
     for spec in args.series:
         label, pattern = spec.split("=", 1)
         runs = _load(pattern)
@@ -54,11 +55,13 @@ def main() -> None:
                         label=f"{label}, {preset}: mean over draws")
                 ax.plot(xs, [100 * r[preset]["all_draws"] for r in rows], "s--", color=colour,
                         label=f"{label}, {preset}: correct on all draws")
-        bare = 100 * runs[0][PRESETS[0]]["bare"]
-        for ax in (ax_t, ax_s):
-            ax.axhline(bare, color="grey", linestyle=":", linewidth=1)
-            ax.annotate(f"bare classifier ({label}) {bare:.1f}%", (0.01, bare - 3.5), xycoords=("axes fraction", "data"),
-                        fontsize=7, color="grey")
+        bare = 100 * next(r[p]["bare"] for r in runs for p in PRESETS if p in r)
+        if bare not in bares:  # one line per classifier, however many series share it
+            bares.add(bare)
+            for ax in (ax_t, ax_s):
+                ax.axhline(bare, color="grey", linestyle=":", linewidth=1)
+                ax.annotate(f"bare classifier {bare:.1f}%", (0.01, bare - 3.5), xycoords=("axes fraction", "data"),
+                            fontsize=7, color="grey")
     n, draws = runs[0]["n"], runs[0]["draws"]
     ax_t.set(xscale="log", xlabel="reverse steps T", ylabel=f"clean accuracy through the purifier (%), {n} images")
     ax_s.set(xscale="log", xlabel="purifier CPU time per image (s, 1 thread)")

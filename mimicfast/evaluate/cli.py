@@ -115,6 +115,10 @@ def add_parser(subparsers) -> None:
     g.add_argument("--summarize", type=Path, nargs="+", default=None, metavar="DIR",
                    help="only (re)write the summary of a folder; several folders of one run (same spec id) print "
                         "one pooled table, folders of different runs are refused")
+    g.add_argument("--convergence", type=Path, nargs=2, default=None, metavar=("DIR_K", "DIR_2K"),
+                   help="only compare one run at attack budget k and 2k (the folders' identities may differ only "
+                        "in --attack-steps): every figure at k / 2k, and 'not converged, upper bound' where one "
+                        "moves by more than 2 points")
     g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
@@ -132,8 +136,15 @@ def main(args: argparse.Namespace) -> int:
             print(f"note: {note}", file=sys.stderr)
         print(report(summary))
         return 0
+    if args.convergence is not None:
+        from mimicfast.evaluate.convergence import convergence, format_convergence
+        from mimicfast.evaluate.store import read_settings
+
+        rows = convergence(*args.convergence)
+        print(format_convergence(rows, read_settings(args.convergence[0])["draws"]))
+        return 0
     if args.out is None:
-        raise InputError("--out DIR is required (or --summarize DIR)")
+        raise InputError("--out DIR is required (or --summarize DIR, or --convergence DIR_K DIR_2K)")
     from mimicfast.evaluate.prepare import build_spec
     from mimicfast.evaluate.runner import run
 

@@ -24,7 +24,7 @@ from mimicfast.models.identity import model_digest, update_with_tensors
 from mimicfast.ops._dispatch import backend_for
 from mimicfast.presets import Preset, default_steps
 from mimicfast.purify_options import resolve_device
-from mimicfast.sampling.denoisers import as_denoiser
+from mimicfast.sampling.denoisers import Denoiser, as_denoiser
 from mimicfast.seeding import check_seed
 from mimicfast.validate import check_count, check_eps, check_norm
 from mimicfast.version import __version__
@@ -99,7 +99,7 @@ def build_spec(
     device = _check_device(device)
     net = load_model(None if checkpoint is None else Path(checkpoint), config, device)[0]
     denoiser = as_denoiser(net)
-    presets = (_presets(preset, steps, dict(overrides or {}), denoiser.image_size)
+    presets = (_presets(preset, steps, dict(overrides or {}), denoiser)
                if "purifier" in defense_list else ())
     if steps is None:
         steps = _common_steps(presets, preset, denoiser.image_size)
@@ -164,17 +164,17 @@ def _check_device(device: object) -> str:
     return str(device)
 
 
-def _presets(preset: object, steps: int | None, overrides: dict, image_size: int | None) -> tuple[Preset, ...]:
-    """The resolved presets (T = ``steps``, or :func:`mimicfast.presets.default_steps` for the model's
-    ``image_size``); ``--set steps`` (use ``--steps``) and ``--set name`` (defenses are named by their settings)
-    are refused, as is the same defense twice."""
+def _presets(preset: object, steps: int | None, overrides: dict, denoiser: Denoiser) -> tuple[Preset, ...]:
+    """The presets resolved for ``denoiser`` (:func:`mimicfast.purify_options.resolve_preset`: T and guidance
+    scale by the package's rules unless given); ``--set steps`` (use ``--steps``) and ``--set name`` (defenses are
+    named by their settings) are refused, as is the same defense twice."""
     for key, why in (("steps", "set T with --steps"), ("name", "a defense is named by its settings")):
         if key in overrides:
             raise InputError(f"--set {key}={overrides[key]!r} is not allowed: {why}")
     names = [preset] if isinstance(preset, (str, Preset)) else list(preset)
     if not names:
         raise InputError("--preset names no preset")
-    resolved = tuple(resolve_preset(p, steps, overrides, image_size) for p in names)
+    resolved = tuple(resolve_preset(p, steps, overrides, denoiser) for p in names)
     labels = [defense_label(p) for p in resolved]
     twice = next((label for k, label in enumerate(labels) if label in labels[:k]), None)
     if twice is not None:

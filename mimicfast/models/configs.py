@@ -11,7 +11,9 @@ A config is a dict that names its family:
 
 :func:`validate_config` checks every value's type and range and bounds every size or count (image size, channels,
 blocks per level, levels, attention resolutions, EDM's ``M``) before anything is built, so a config cannot make
-the loader build for hours, divide by zero or allocate a negative-sized tensor; unknown keys are refused. What a
+the loader build for hours, divide by zero or allocate a negative-sized tensor; unknown keys are refused. A config
+may also carry the guidance scales tuned for its model (:data:`GUIDANCE_SCALE`, read by
+:func:`split_guidance_scales`); they are not a property of the network and never reach its constructor. What a
 config *names* wrongly (an unknown config name, a config argument of the wrong type) is an
 :class:`~mimicfast.errors.InputError`; what it *says* wrongly is a :class:`~mimicfast.errors.CheckpointError`.
 """
@@ -23,10 +25,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mimicfast.errors import CheckpointError, InputError
+from mimicfast.presets import PRESETS
 
 __all__ = [
     "FAMILIES",
     "GD_CONFIGS",
+    "GUIDANCE_SCALE",
     "GD_NOISE_SCHEDULES",
     "Check",
     "apply_schema",
@@ -37,6 +41,7 @@ __all__ = [
     "int_in",
     "list_of",
     "one_of",
+    "split_guidance_scales",
     "validate_config",
 ]
 
@@ -160,6 +165,30 @@ MAX_LABELS = 100_000
 MAX_M = 2_000  # iDDPMPrecond builds its M noise levels in a Python loop (EDM uses M = 1000)
 
 Check = Callable[[str, Any], Any]
+
+
+#: Config key of the guidance scales measured best for the model, per preset name: ``{"released": 1000.0}``.
+GUIDANCE_SCALE = "guidance_scale"
+
+
+def split_guidance_scales(config: Any) -> tuple[Any, dict[str, float]]:
+    """``(config without GUIDANCE_SCALE, the model's tuned scales)``: preset name -> finite float >= 0.
+
+    Raises:
+        CheckpointError: the scales are not an object of built-in preset names to non-negative finite numbers.
+    """
+    if not isinstance(config, Mapping):
+        return config, {}  # validate_config names what a config must be
+    rest = dict(config)
+    scales = rest.pop(GUIDANCE_SCALE, {})
+    if not isinstance(scales, Mapping):
+        raise bad_value(f"'{GUIDANCE_SCALE}'", scales, "an object of preset name -> scale")
+    for name, value in scales.items():
+        if name not in PRESETS:
+            raise bad_value(f"'{GUIDANCE_SCALE}' key", name, f"a preset name ({', '.join(PRESETS)})")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise bad_value(f"'{GUIDANCE_SCALE}.{name}'", value, "a finite number >= 0")
+    return rest, {name: float(value) for name, value in scales.items()}
 
 
 def bad_value(key: str, value: Any, expected: str) -> CheckpointError:

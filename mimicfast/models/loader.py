@@ -43,7 +43,9 @@ from mimicfast.models.configs import (
     FAMILIES,
     GD_CONFIGS,
     GD_NOISE_SCHEDULES,
+    GUIDANCE_SCALE,
     gd_name_and_kwargs,
+    split_guidance_scales,
     validate_config,
 )
 from mimicfast.models.edm import edm_network
@@ -77,6 +79,7 @@ __all__ = [
     "load_state_dict_file",
     "matching_gd_configs",
     "resolve_config",
+    "with_guidance_scales",
     "sidecar_config_path",
     "state_dict_mismatch",
 ]
@@ -133,15 +136,25 @@ def load(path: str | PathLike[str], config: str | Mapping[str, Any] | PathLike[s
     cfg = resolve_config(path, config)
     if cfg is None:
         return _autodetect(path)
+    scales = cfg.pop(GUIDANCE_SCALE, {})
     if cfg["family"] == "guided_diffusion":
-        return _finish(load_guided_diffusion(path, cfg), cfg)
-    return _load_edm_state_dict(path, cfg)
+        return with_guidance_scales(_finish(load_guided_diffusion(path, cfg), cfg), scales)
+    return with_guidance_scales(_load_edm_state_dict(path, cfg), scales)
+
+
+def with_guidance_scales(model: nn.Module, scales: Mapping[str, float]) -> nn.Module:
+    """``model`` with the guidance scales its config declares as ``model.guidance_scales`` (preset name -> scale,
+    read by :func:`mimicfast.purify_options.resolve_preset`); none declared leaves the model as it is."""
+    if scales:
+        model.guidance_scales = dict(scales)
+    return model
 
 
 @one_line_errors
 def resolve_config(path: str | PathLike[str], config: Any) -> dict[str, Any] | None:
     """Turn ``config`` (or, when None, the sidecar ``<stem>.json`` of checkpoint ``path``) into a validated config
-    dict (:func:`~mimicfast.models.configs.validate_config`); None means auto-detect from the file.
+    dict (:func:`~mimicfast.models.configs.validate_config`, plus the checked
+    :data:`~mimicfast.models.configs.GUIDANCE_SCALE` when it declares one); None means auto-detect from the file.
 
     Raises:
         InputError: an unknown config name or a config of the wrong type.
@@ -167,7 +180,8 @@ def resolve_config(path: str | PathLike[str], config: Any) -> dict[str, Any] | N
     else:
         raise InputError(f"config must be a name, a dict or a .json path, got {type(config).__name__}")
     try:
-        return validate_config(config)
+        config, scales = split_guidance_scales(config)
+        return {**validate_config(config), **({GUIDANCE_SCALE: scales} if scales else {})}
     except CheckpointError as e:
         raise CheckpointError(f"{source}: {e}") from None
 

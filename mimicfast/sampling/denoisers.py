@@ -11,7 +11,8 @@ scalar). Networks reach the sampler through :func:`as_denoiser`, which reads the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -33,11 +34,14 @@ class Denoiser(nn.Module):
         image_size: expected H = W of inputs, or None if any size works.
         channels: expected C, or None.
         learned_variance: True if :meth:`denoise_with_variance` returns the model's variance ``v``.
+        guidance_scales: the guidance scales tuned for the model, preset name -> scale (empty: none declared;
+            see :func:`mimicfast.presets.default_scale`).
     """
 
     image_size: int | None = None
     channels: int | None = None
     learned_variance: bool = False
+    guidance_scales: Mapping[str, float] = MappingProxyType({})
 
     def denoise_with_variance(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(x0_hat, v)``; ``v`` in [-1, 1] interpolates the log variance (None without learned variance)."""
@@ -94,6 +98,7 @@ class EpsTimestepDenoiser(Denoiser):
         self.image_size = getattr(model, "image_size", None)
         self.channels = getattr(model, "in_channels", None)
         self.learned_variance = bool(getattr(model, "learn_sigma", False))
+        self.guidance_scales = dict(getattr(model, "guidance_scales", {}))
 
     def sigmas(self, steps: int, spacing: str = "uniform") -> torch.Tensor:
         """The respaced grid read from the model's own training table ``train_sigmas`` (any length)."""
@@ -130,6 +135,7 @@ class SigmaDenoiser(Denoiser):
         self.model = model
         self.image_size = getattr(model, "img_resolution", getattr(model, "image_size", None))
         self.channels = getattr(model, "img_channels", getattr(model, "channels", None))
+        self.guidance_scales = dict(getattr(model, "guidance_scales", {}))
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return _checked_output(self.model(x, _per_sample(sigma, x)), x, x.shape[1], exact=True).to(x.dtype)

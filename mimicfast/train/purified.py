@@ -19,7 +19,7 @@ from mimicfast.api import purify
 from mimicfast.atomic import write_text
 from mimicfast.default import CLASSIFIER_PATH, UNET_PATH, load_default_classifier, load_default_unet, load_test_slice
 from mimicfast.evaluate import accuracy
-from mimicfast.seeding import derive_seed
+from mimicfast.evaluate.seeds import purpose_seeds
 
 __all__ = ["purified_clean_accuracy"]
 
@@ -30,15 +30,16 @@ def purified_clean_accuracy(unet: torch.nn.Module, classifier: torch.nn.Module, 
                             **overrides) -> dict:
     """Clean accuracy of ``classifier`` on ``purify(x)`` over ``draws`` independent purifications.
 
-    Draw ``d`` purifies image ``i`` with seed :func:`mimicfast.seeding.derive_seed` ``(seed, d, i)``, so a draw's
-    result does not depend on the other images. Returns ``{"bare", "mean", "all_draws", "per_draw",
+    Draw ``d`` purifies image ``i`` with the seed of ``mimicfast eval``'s scoring draw ``d``
+    (:func:`mimicfast.evaluate.seeds.purpose_seeds` ``(seed, "defense", [i], d)``), so a draw's result does not
+    depend on the other images, and "all_draws" is the evaluator's clean worst-of-N, draw 0 its own-seed row. Returns ``{"bare", "mean", "all_draws", "per_draw",
     "cpu_s_per_image"}`` (accuracies in [0, 1]; CPU time of the purifier only, this process).
     """
     classifier.eval()
     correct = torch.ones(len(y), dtype=torch.bool)
     per_draw, cpu = [], 0.0
     for d in range(draws):
-        seeds = [derive_seed(seed, d, i) for i in range(len(y))]
+        seeds = purpose_seeds(seed, "defense", range(len(y)), d)
         t0 = time.process_time()
         x_pur = purify(x, unet, preset=preset, steps=steps, seed=seeds, **overrides)
         cpu += time.process_time() - t0

@@ -11,6 +11,7 @@ import torch
 import mimicfast
 from mimicfast.cli import main as cli_main
 from mimicfast.convert import convert
+from mimicfast.default import UNET_PATH as DEFAULT_UNET
 from mimicfast.errors import CheckpointError, InputError
 from mimicfast.models import edm_network, load
 from tests.models._edm_util import assert_close_to_fixture_d, edm_pickle_bytes, tiny_edm
@@ -153,3 +154,23 @@ def test_edm_network_vp_from_safetensors_sidecar(tmp_path):
     assert (back.beta_d, back.M, back.sigma_min) == (10.0, 500, net.sigma_min) and _same_tensors(back, net)
     assert isinstance(back, type(edm_network("VPPrecond", img_resolution=8, img_channels=3, model_channels=8,
                                              channel_mult=[1], num_blocks=1, attn_resolutions=[])))
+
+
+def test_sidecar_guidance_scales_reach_the_model_not_its_constructor(tmp_path):
+    weights = tmp_path / "unet.safetensors"
+    shutil.copy(DEFAULT_UNET, weights)
+    config = json.loads(DEFAULT_UNET.with_suffix(".json").read_text())
+    sidecar = tmp_path / "unet.json"
+    sidecar.write_text(json.dumps(dict(config, guidance_scale={"released": 250})))
+    model = load(weights)
+    assert model.guidance_scales == {"released": 250.0}
+    assert "guidance_scale" not in model.checkpoint_config  # not part of the network (nor of its digest)
+    assert mimicfast.Purifier(model, preset="released").preset.scale == 250.0
+    sidecar.write_text(json.dumps({k: v for k, v in config.items() if k != "guidance_scale"}))
+    assert not hasattr(load(weights), "guidance_scales")
+    for bad, match in (({"releasd": 1.0}, "preset name"), ({"released": -1}, "finite number >= 0"),
+                       ({"released": "big"}, "finite number >= 0"), ([1.0], "preset name -> scale")):
+        sidecar.write_text(json.dumps(dict(config, guidance_scale=bad)))
+        with pytest.raises(CheckpointError, match=match) as err:
+            load(weights)
+        assert "unet.json" in str(err.value) and "\n" not in str(err.value)

@@ -9,18 +9,18 @@ import torch
 
 from mimicfast.api import purify
 from mimicfast.classifier import FashionCNN
+from mimicfast.evaluate.seeds import purpose_seeds
 from mimicfast.models import guided_diffusion_unet
-from mimicfast.seeding import derive_seed
 from mimicfast.train.ddpm import FMNIST_UNET_CONFIG
 from mimicfast.train.purified import main, purified_clean_accuracy
 
 
-def test_draws_use_derived_per_image_seeds_and_aggregate_them():
+def test_draws_use_the_evaluators_scoring_seeds_and_aggregate_them():
     torch.manual_seed(0)
     unet, classifier = guided_diffusion_unet(**FMNIST_UNET_CONFIG).eval(), FashionCNN(width=8).eval()
     x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        preds = [classifier(purify(x, unet, preset="released", steps=2, seed=[derive_seed(5, d, i) for i in range(3)]))
+        preds = [classifier(purify(x, unet, preset="released", steps=2, seed=purpose_seeds(5, "defense", range(3), d)))
                  .argmax(1) for d in range(2)]
     y = preds[0].clone()
     y[0] = (y[0] + 1) % 10  # image 0 is wrong on draw 0, so it cannot be correct on both draws
@@ -30,6 +30,20 @@ def test_draws_use_derived_per_image_seeds_and_aggregate_them():
     assert out["mean"] == pytest.approx(sum(expected) / 2)
     assert out["all_draws"] == pytest.approx(((preds[0] == y) & (preds[1] == y)).double().mean().item())
     assert out["all_draws"] <= 2 / 3 and out["cpu_s_per_image"] > 0
+
+
+def test_the_yardstick_equals_the_evaluators_clean_rows(tmp_path):
+    """Same draws as ``mimicfast eval``: all draws = its clean worst-of-N, draw 0 = its own-seed row."""
+    from mimicfast.default import load_default, load_test_slice
+    from mimicfast.evaluate import build_spec, run
+
+    spec = build_spec(preset="released", attacks="clean", n=8, steps=2, draws=2, choice_draws=1, batch_size=4,
+                      seed=3, threads=1, progress=False)
+    rows = {r["protocol"]: r["accuracy"] for r in run(spec, tmp_path / "eval")["rows"] if r["attack"] == "clean"}
+    unet, classifier = load_default()
+    x, y = load_test_slice(8)
+    out = purified_clean_accuracy(unet, classifier, x, y, "released", steps=2, draws=2, seed=3)
+    assert out["all_draws"] == rows["worst"] and out["per_draw"][0] == rows["own"]
 
 
 def test_cli_measures_the_shipped_pair(tmp_path, capsys):

@@ -1,0 +1,45 @@
+"""k against 2k: one run at two attack budgets, figure by figure, with the 2-point verdict."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from mimicfast.cli import main
+from mimicfast.errors import InputError
+from mimicfast.evaluate.convergence import NOT_CONVERGED, convergence, format_convergence
+from tests.evaluate.conftest import tiny_run
+
+
+@pytest.fixture(scope="module")
+def budgets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("budgets")
+    for steps in (1, 2, 3):
+        tiny_run(root / f"k{steps}", attack_steps=steps)
+    return root
+
+
+def test_figures_at_k_and_2k_with_their_verdicts(budgets, capsys):
+    rows = convergence(budgets / "k1", budgets / "k2")
+    by = {(r["defense"], r["attack"]): r for r in rows}
+    assert ("paper", "pgd (bpda, 1/2 it, EOT 1)") in by and ("none", "transfer (1/2 it)") in by
+    assert by["paper", "clean"]["verdict"] == "no attack" and by["paper", "clean"]["k"] == by["paper", "clean"]["2k"]
+    for r in rows:
+        moved = max(abs(r["k"][p] - r["2k"][p]) for p in r["k"])
+        if r["attack"] != "clean":
+            assert (r["verdict"] == NOT_CONVERGED) == (moved > 2.0)
+    strict = convergence(budgets / "k1", budgets / "k2", tolerance=-1)
+    assert all(r["verdict"] == NOT_CONVERGED for r in strict if r["attack"] != "clean")
+    assert main(["eval", "--convergence", str(budgets / "k1"), str(budgets / "k2")]) == 0
+    assert capsys.readouterr().out.strip() == format_convergence(rows, 2)
+
+
+def test_only_one_run_at_two_budgets_is_compared(budgets, tmp_path):
+    with pytest.raises(InputError, match="not twice"):
+        convergence(budgets / "k1", budgets / "k3")
+    other = tmp_path / "seed"
+    tiny_run(other, attack_steps=2, seed=1)
+    with pytest.raises(InputError, match="not one run at two budgets .*seed"):
+        convergence(budgets / "k1", other)
+    shutil.rmtree(other)
