@@ -55,6 +55,7 @@ def convert(src: str | PathLike[str], dst: str | PathLike[str], config: Any = No
 
     from mimicfast.atomic import write_atomic
     from mimicfast.models import load
+    from mimicfast.models.configs import GUIDANCE_SCALE
     from mimicfast.outputs import check_outputs, check_writable_dir, files_read_by_load
 
     weights, cfg_path = _destination(dst)
@@ -68,7 +69,8 @@ def convert(src: str | PathLike[str], dst: str | PathLike[str], config: Any = No
         raise InputError(f"{src}: only guided-diffusion and EDM networks can be converted (diffusers models are "
                          "already safetensors)")
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    text = json.dumps(cfg, indent=1, allow_nan=False) + "\n"
+    scales = getattr(model, "guidance_scales", {})  # the tuned scales travel with the weights
+    text = json.dumps({**cfg, **({GUIDANCE_SCALE: scales} if scales else {})}, indent=1, allow_nan=False) + "\n"
     weights.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(weights, lambda f: f.write(save(tensors, metadata={"format": "pt", "family": cfg["family"]})))
     write_atomic(cfg_path, lambda f: f.write(text.encode()))

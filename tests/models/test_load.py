@@ -166,6 +166,8 @@ def test_sidecar_guidance_scales_reach_the_model_not_its_constructor(tmp_path):
     assert model.guidance_scales == {"released": 250.0}
     assert "guidance_scale" not in model.checkpoint_config  # not part of the network (nor of its digest)
     assert mimicfast.Purifier(model, preset="released").preset.scale == 250.0
+    converted, _ = convert(weights, tmp_path / "converted")
+    assert load(converted).guidance_scales == {"released": 250.0}  # they travel with the weights
     sidecar.write_text(json.dumps({k: v for k, v in config.items() if k != "guidance_scale"}))
     assert not hasattr(load(weights), "guidance_scales")
     for bad, match in (({"releasd": 1.0}, "preset name"), ({"released": -1}, "finite number >= 0"),
