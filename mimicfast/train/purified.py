@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mimicfast.api import purify
+from mimicfast.api import Purifier
 from mimicfast.atomic import write_text
 from mimicfast.default import CLASSIFIER_PATH, UNET_PATH, load_default_classifier, load_default_unet, load_test_slice
 from mimicfast.evaluate import accuracy
@@ -32,23 +32,25 @@ def purified_clean_accuracy(unet: torch.nn.Module, classifier: torch.nn.Module, 
 
     Draw ``d`` purifies image ``i`` with the seed of ``mimicfast eval``'s scoring draw ``d``
     (:func:`mimicfast.evaluate.seeds.purpose_seeds` ``(seed, "defense", [i], d)``), so a draw's result does not
-    depend on the other images, and "all_draws" is the evaluator's clean worst-of-N, draw 0 its own-seed row. Returns ``{"bare", "mean", "all_draws", "per_draw",
-    "cpu_s_per_image"}`` (accuracies in [0, 1]; CPU time of the purifier only, this process).
+    depend on the other images, and "all_draws" is the evaluator's clean worst-of-N, draw 0 its own-seed row.
+    Returns ``{"bare", "mean", "all_draws", "per_draw", "cpu_s_per_image", "scale"}``: accuracies in [0, 1], the
+    purifier's CPU time per image (this process) and the guidance scale it ran at.
     """
     classifier.eval()
+    purifier = Purifier(unet, preset=preset, steps=steps, **overrides)
     correct = torch.ones(len(y), dtype=torch.bool)
     per_draw, cpu = [], 0.0
     for d in range(draws):
         seeds = purpose_seeds(seed, "defense", range(len(y)), d)
         t0 = time.process_time()
-        x_pur = purify(x, unet, preset=preset, steps=steps, seed=seeds, **overrides)
+        x_pur = purifier(x, seed=seeds)
         cpu += time.process_time() - t0
         ok = classifier(x_pur).argmax(1) == y
         per_draw.append(ok.double().mean().item())
         correct &= ok
     return {"bare": accuracy(classifier, x, y), "mean": sum(per_draw) / draws,
             "all_draws": correct.double().mean().item(), "per_draw": per_draw,
-            "cpu_s_per_image": cpu / (draws * len(y))}
+            "cpu_s_per_image": cpu / (draws * len(y)), "scale": purifier.preset.scale}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ def test_draws_use_the_evaluators_scoring_seeds_and_aggregate_them():
     assert out["per_draw"] == expected
     assert out["mean"] == pytest.approx(sum(expected) / 2)
     assert out["all_draws"] == pytest.approx(((preds[0] == y) & (preds[1] == y)).double().mean().item())
-    assert out["all_draws"] <= 2 / 3 and out["cpu_s_per_image"] > 0
+    assert out["all_draws"] <= 2 / 3 and out["cpu_s_per_image"] > 0 and out["scale"] == 3000.0  # none declared and out["scale"] == 3000.0  # no declared scale
 
 
 def test_the_yardstick_equals_the_evaluators_clean_rows(tmp_path):
@@ -50,7 +50,7 @@ def test_cli_measures_the_shipped_pair(tmp_path, capsys):
     out = tmp_path / "m.json"
     assert main(["--n", "2", "--steps", "2", "--draws", "2", "--presets", "released", "--out", str(out)]) == 0
     result = json.loads(out.read_text(encoding="utf-8"))
-    assert result["n"] == 2 and set(result["released"]) == {"bare", "mean", "all_draws", "per_draw", "cpu_s_per_image"}
+    assert result["n"] == 2 and set(result["released"]) == {"bare", "mean", "all_draws", "per_draw", "cpu_s_per_image", "scale"}
     assert "released" in capsys.readouterr().out
 
 
