@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["save_torch", "write_atomic", "write_text"]
+__all__ = ["remove_unfinished_writes", "save_torch", "write_atomic", "write_text"]
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
@@ -25,7 +26,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     The new file gets the usual permissions (0666 less the umask); the folder is fsynced after the rename.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp")
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -40,6 +41,19 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def remove_unfinished_writes(path: str | os.PathLike[str]) -> None:
+    """Remove the temporary files a killed :func:`write_atomic` of ``path`` left beside it (a kill between creating
+    the temporary file and the rename leaves one behind). Only a writer that alone writes ``path`` may call this."""
+    path = Path(path)
+    for tmp in glob.glob(os.path.join(glob.escape(str(path.parent)), glob.escape(_temporary_prefix(path)) + "*.tmp")):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name[:64]}."
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

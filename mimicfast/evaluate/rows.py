@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mimicfast.atomic import write_atomic, write_text
+from mimicfast.atomic import remove_unfinished_writes, write_atomic, write_text
 from mimicfast.errors import CheckpointError
 from mimicfast.safe_read import MAX_CHECKPOINT_BYTES, MAX_CONFIG_BYTES, open_regular
 
@@ -122,13 +122,15 @@ class RowsWriter:
     """Appends rows to ``rows/rank-<rank>.jsonl``, continuing its running digest.
 
     Opening drops whatever follows the file's last good row (a line cut by a kill, or rows after a break in the
-    chain: they are recomputed). Each :meth:`write` appends and fsyncs the rows, then records the new row count
+    chain: they are recomputed) and the temporary files of this rank's interrupted atomic writes. Each :meth:`write` appends and fsyncs the rows, then records the new row count
     and chain in the head file, so a kill loses at most that call's rows.
     """
 
     def __init__(self, out: Path, rank: int, spec_id: str) -> None:
         self.path = rows_path(out, rank)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for own in (self.path, _head_path(self.path)):  # a kill mid-write leaves a temporary file; this rank owns it
+            remove_unfinished_writes(own)
         self.spec_id = spec_id
         read = _read_file(self.path, spec_id, self.path.name)
         self.count, self.chain = len(read.rows), read.chain

@@ -21,7 +21,7 @@ from mimicfast.errors import InputError
 from mimicfast.evaluate import accuracy, runner
 from mimicfast.evaluate.rows import read_rows
 from mimicfast.evaluate.store import read_settings
-from mimicfast.evaluate.summary import ALL_ATTACKS, SUBMISSION
+from mimicfast.evaluate.summary import ALL_ATTACKS, SUBMISSION, summarize
 from tests.evaluate.conftest import N_ROWS, TINY_ARGS, counted_rows, tiny_run
 
 
@@ -106,6 +106,15 @@ def test_killed_run_resumes_to_the_same_rows(reference, tmp_path):
     assert _lines(rows_file) == N_ROWS  # finished rows were not written twice
     assert counted_rows(out) == counted_rows(reference[0])
     assert summary["rows"] == reference[1]["rows"] and summary["notes"] == []
+
+
+def test_a_rerun_removes_the_temporary_file_of_a_write_killed_before_its_rename(reference, tmp_path):
+    out = _copy(reference[0], tmp_path / "run")
+    leftover = out / "rows" / ".rank-0.head.json.k1ll3d.tmp"
+    leftover.write_text('{"rows": 1')
+    assert any("k1ll3d" in note for note in summarize(out)["notes"])  # reported while it is there, never counted
+    summary = tiny_run(out)
+    assert not leftover.exists() and summary["notes"] == [] and summary["rows"] == reference[1]["rows"]
 
 
 def test_torchrun_two_processes_give_the_rows_of_one(reference, tmp_path):
