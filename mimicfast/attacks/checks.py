@@ -3,7 +3,10 @@
 Conventions (docs/DESIGN.md §7): images are float tensors ``[B, C, H, W]`` in [0, 1]; ``model(x) -> logits
 [B, K]`` is any differentiable callable, possibly stochastic (a purifier drawing fresh randomness on every call),
 only ever called on the whole batch, in the same row order, a number of times that depends on the attack's
-settings and never on the data (so a wrapper can give row i its own defense seeds per call).
+settings and never on the data (so a wrapper can give row i its own defense seeds per call). A model may also
+offer ``model.restrict_rows(rows)``: itself restricted to those rows of the batch, each row getting the draws it
+would get in a call on the whole batch; only :func:`mimicfast.attacks.aa_rand` uses it, to skip work
+(:func:`rows_of`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,13 @@ from mimicfast.validate import check_count, check_eps, check_images, check_label
 Model = Callable[[torch.Tensor], torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Seeds = int | Sequence[int]
+
+
+def rows_of(model: Model, rows: list[int]) -> Model | None:
+    """``model`` restricted to ``rows`` of the batch (``model.restrict_rows(rows)``, continuing its call count),
+    or None when the model does not offer it."""
+    restrict = getattr(model, "restrict_rows", None)
+    return restrict(rows) if callable(restrict) else None
 
 
 def check_budget(*, eps: float, norm: str, steps: int, eot: int, finite: bool = True) -> None:

@@ -52,6 +52,13 @@ class DefendedModel(nn.Module):
         self.indices = list(indices)
         self.calls = 0
 
+    def restrict_rows(self, rows: Sequence[int]) -> DefendedModel:
+        """This model restricted to ``rows`` of the batch, continuing the call count: each of those images gets
+        the draws it would get in a call on the whole batch (:func:`mimicfast.attacks.checks.rows_of`)."""
+        restricted = DefendedModel(self.purifier, self.classifier, self.seed, [self.indices[r] for r in rows])
+        restricted.calls = self.calls
+        return restricted
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = len(self.indices)
         if x.shape[0] % n:

@@ -398,3 +398,38 @@ def test_attacks_run_through_the_purifier(bare):
     undefended_grad = torch.nn.Sequential(mimicfast.Purifier(unet, steps=1, seed=None), classifier)
     with pytest.raises(InputError, match="grad="):
         ATTACKS["pgd"](undefended_grad, x[:1], y[:1], eps=LINF_EPS, steps=1)
+
+
+class _NoisyRows:
+    """A stochastic float64 classifier on 1x4x4 images: row r of call c adds noise seeded by (its image index, c),
+    computed row by row; ``restrict_rows`` gives a subset of rows the draws of a whole-batch call."""
+
+    weight = torch.randn(5, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def __init__(self, indices: list[int], sizes: list[int], calls: int = 0) -> None:
+        self.indices, self.sizes, self.calls = list(indices), sizes, calls
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        copies = x.shape[0] // len(self.indices)
+        noise = torch.stack([torch.randn(16, dtype=torch.float64, generator=torch.Generator().manual_seed(
+            1000 * (self.calls + c) + i)) for c in range(copies) for i in self.indices])
+        self.calls += copies
+        self.sizes.append(x.shape[0])
+        return (x.flatten(1)[:, None, :] + 0.5 * noise[:, None, :]).mul(self.weight).sum(-1)
+
+    def restrict_rows(self, rows: list[int]) -> _NoisyRows:
+        return _NoisyRows([self.indices[r] for r in rows], self.sizes, self.calls)
+
+
+def test_aa_rand_skips_dlr_where_ce_always_succeeded_with_the_same_result():
+    x = torch.rand(8, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    y = (x.flatten(1)[:, None, :] * _NoisyRows.weight).sum(-1).argmax(1)  # the noise-free prediction
+    kw = dict(eps=0.1, steps=4, eot=2, seeds=list(range(8)))  # CE fools images 1, 3, 4, 6 on every fresh call
+    sizes: list[int] = []
+    skipping = ATTACKS["aa-rand"](_NoisyRows(list(range(8)), sizes), x, y, **kw)
+    whole: list[int] = []
+    model = _NoisyRows(list(range(8)), whole)
+    every = ATTACKS["aa-rand"](lambda images: model(images), x, y, **kw)  # no restrict_rows: DLR on every image
+    assert torch.equal(skipping, every)
+    assert set(whole) == {8} and len(whole) == model_calls("aa-rand", steps=4, eot=2)
+    assert 0 < min(sizes) < 8 and len(sizes) == len(whole)  # DLR ran on the images CE did not always fool

@@ -152,3 +152,7 @@ def test_defended_model_gives_each_row_its_own_draws_per_call():
     assert alone.calls[0] == [purifier.calls[0][1]]
     with pytest.raises(ValueError, match="multiple of 2"):
         model(torch.zeros(3, 1, 2, 2))
+    # Restricted to image 7 it continues the call count: the draws a whole-batch call would give image 7.
+    restricted = model.restrict_rows([1])
+    restricted(x[:1])
+    assert purifier.calls[3] == purpose_seeds(1, "eot", [7], 4) and model.calls == 4
