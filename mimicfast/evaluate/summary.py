@@ -69,19 +69,28 @@ def summarize_rows(rows: dict[RowKey, dict], settings: dict) -> list[dict]:
         if len(attacked) >= 2:
             images = set.intersection(*(set(scored[a]) for a in attacked))
             table[ALL_ATTACKS] = {i: [scored[a][i] for a in attacked] for i in sorted(images)}
-        found = []
-        for attack, per_image in table.items():
-            for protocol in PROTOCOLS:
-                if attack == ALL_ATTACKS:
-                    correct = sum(all(image_correct(p, labels[i], protocol) for p in per_attack)
-                                  for i, per_attack in per_image.items())
-                else:
-                    correct = sum(image_correct(p, labels[i], protocol) for i, p in per_image.items())
-                found.append(_row(defense, attack, protocol, correct, len(per_image)))
+        found = [_row(defense, attack, protocol, _correct(per_image, labels, protocol, attack == ALL_ATTACKS),
+                      len(per_image)) for attack, per_image in table.items() for protocol in PROTOCOLS]
         if defense != "none":
-            found = [*_strongest_submission(found), *found]
+            # Strategies compete on the same images: those on which every candidate is finished (all of them once
+            # the run is complete; fewer while it is in progress).
+            common = table[CHOSEN]
+            strategies = {CHOSEN: common, **{a: {i: scored[a][i] for i in common} for a in attacks}}
+            found = [*_strongest_submission([_row(defense, a, protocol, _correct(per_image, labels, protocol),
+                                                  len(per_image))
+                                             for a, per_image in strategies.items() for protocol in PROTOCOLS]),
+                     *found]
         out += found
     return out
+
+
+def _correct(per_image: dict, labels: list[int], protocol: str, every_attack: bool = False) -> int:
+    """Images counted right under ``protocol``: ``per_image`` maps an image to its predictions per draw, or, with
+    ``every_attack``, to one such list per attack (right only if right under every attack)."""
+    if every_attack:
+        return sum(all(image_correct(p, labels[i], protocol) for p in per_attack)
+                   for i, per_attack in per_image.items())
+    return sum(image_correct(p, labels[i], protocol) for i, p in per_image.items())
 
 
 def _row(defense: str, attack: str, protocol: str, correct: int, n: int) -> dict:

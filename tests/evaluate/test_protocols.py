@@ -116,6 +116,22 @@ def test_the_headline_submission_is_never_weaker_than_a_fixed_attack():
     assert "(n=2; pgd (bpda))" in format_markdown(summary, 2).splitlines()[2]
 
 
+def test_strategies_compete_on_the_images_every_candidate_has_finished():
+    # A run in progress: transfer is scored on 4 images, pgd on 2 so far. Always submitting transfer fools images 0
+    # and 1 only, so over all 4 it would look like 50% wrong, over the 2 finished images 100% wrong.
+    rows = {}
+    rows.update(_rows("paper", "clean", [[0, 0]] * 4))
+    rows.update(_rows("paper", "transfer", [[1, 1], [1, 1], [0, 0], [0, 0]]))
+    rows.update(_rows("paper", "pgd (bpda)", [[0, 0], [0, 0]]))
+    for attack, n in (("clean", 4), ("transfer", 4), ("pgd (bpda)", 2)):
+        rows.update(_rows("paper", attack, [[0, 0]] * n, role="choice"))
+    summary = summarize_rows(rows, _settings({"paper": ["clean", "transfer", "pgd (bpda)"]}, [0] * 4, draws=2))
+    out = {(r["attack"], r["protocol"]): r for r in summary}
+    assert out["transfer", "own"]["n"] == 4 and out["transfer", "own"]["accuracy"] == 0.5  # reported on its 4
+    assert out[SUBMISSION, "own"]["n"] == 2 and out[SUBMISSION, "own"]["accuracy"] == 0.0
+    assert out[SUBMISSION, "own"]["strategy"] == "transfer"
+
+
 def test_seed_purposes_are_disjoint_streams_of_derive_seed():
     seen = {p: {s for i in range(50) for c in range(20) for s in purpose_seeds(0, p, [i], c)} for p in PURPOSES}
     assert all(len(seeds) == 1000 for seeds in seen.values())
