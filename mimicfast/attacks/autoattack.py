@@ -69,9 +69,8 @@ def aa_rand(
     # A host sync between the two runs (not in a sampling loop): which images DLR still has to attack.
     left = (success_ce < 1).nonzero().flatten().tolist()
     restricted = rows_of(model, left) if len(left) < x.shape[0] else None
-    if restricted is None:
-        x_dlr, success_dlr = apgd_with_success(model, x, y, dlr, seeds=per_image, progress=progress)
-        return torch.where(rows_like(success_dlr > success_ce, x), x_dlr, x_ce)
+    if restricted is None:  # a model that cannot be restricted: DLR attacks every image
+        left, restricted = list(range(x.shape[0])), model
     out = x_ce.clone()
     if left:
         x_dlr, success_dlr = apgd_with_success(restricted, x[left], y[left], dlr,

@@ -16,7 +16,7 @@ from pathlib import Path
 from mimicfast.errors import InputError
 from mimicfast.evaluate.protocols import PROTOCOLS
 from mimicfast.evaluate.spec import CLEAN, first_difference
-from mimicfast.evaluate.summary import summarize
+from mimicfast.evaluate.summary import PROTOCOL_TITLES, summarize
 
 #: Largest move, in accuracy points, of a figure between budget k and 2k that still counts as converged.
 TOLERANCE = 2.0
@@ -60,9 +60,8 @@ def convergence(k_dir: Path, k2_dir: Path, tolerance: float = TOLERANCE) -> list
 
 def format_convergence(rows: list[dict], draws: int) -> str:
     """The k / 2k table (Markdown), accuracy in %."""
-    titles = {"own": "own seed", "worst": f"worst of {draws}", "majority": f"majority of {draws}"}
     protocols = [p for p in PROTOCOLS if any(p in r["k"] for r in rows)]
-    lines = ["| defense | attack | " + " | ".join(f"{titles[p]}: k / 2k" for p in protocols) + " | verdict |",
+    lines = ["| defense | attack | " + " | ".join(f"{PROTOCOL_TITLES[p].format(N=draws)}: k / 2k" for p in protocols) + " | verdict |",
              "|---|---|" + "---|" * len(protocols) + "---|"]
     for r in rows:
         cells = [f"{r['k'][p]:.1f} / {r['2k'][p]:.1f}" if p in r["k"] else "-" for p in protocols]

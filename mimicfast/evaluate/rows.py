@@ -122,8 +122,9 @@ class RowsWriter:
     """Appends rows to ``rows/rank-<rank>.jsonl``, continuing its running digest.
 
     Opening drops whatever follows the file's last good row (a line cut by a kill, or rows after a break in the
-    chain: they are recomputed) and the temporary files of this rank's interrupted atomic writes. Each :meth:`write` appends and fsyncs the rows, then records the new row count
-    and chain in the head file, so a kill loses at most that call's rows.
+    chain: they are recomputed) and the temporary files of this rank's interrupted atomic writes. Each
+    :meth:`write` appends and fsyncs the rows, then records the new row count and chain in the head file, so a
+    kill loses at most that call's rows.
     """
 
     def __init__(self, out: Path, rank: int, spec_id: str) -> None:

@@ -36,7 +36,7 @@ from mimicfast.evaluate.store import read_settings, read_timing
 SUBMISSION = "submission"
 CHOSEN = "submission (choice draws)"
 ALL_ATTACKS = "all attacks (per image)"
-_PROTOCOL_TITLES = {"own": "own seed", "worst": "worst of {N}", "majority": "majority of {N}"}
+PROTOCOL_TITLES = {"own": "own seed", "worst": "worst of {N}", "majority": "majority of {N}"}
 MEANINGS = (
     "own seed: the image is classified right with the defense's first scoring draw (how a stochastic defense is "
     "usually reported).",
@@ -137,8 +137,8 @@ def format_markdown(rows: list[dict], draws: int) -> str:
     cells: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
     for r in rows:
         cells[r["defense"], r["attack"]][r["protocol"]] = r
-    worst = _PROTOCOL_TITLES["worst"].format(N=draws)
-    head = [_PROTOCOL_TITLES[p].format(N=draws) for p in PROTOCOLS]
+    worst = PROTOCOL_TITLES["worst"].format(N=draws)
+    head = [PROTOCOL_TITLES[p].format(N=draws) for p in PROTOCOLS]
     lines = []
     if any(attack == SUBMISSION for _, attack in cells):
         lines += ["| defense | submission: " + " | submission: ".join(head) + f" | clean: {worst} | "
