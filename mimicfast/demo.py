@@ -171,16 +171,17 @@ def grid_rows(args: argparse.Namespace) -> list[tuple[str, object, list[bool]]]:
                 raise InputError(f"{out}: no usable adversarial examples of {defense} / {attack} ({notes[0]})")
         return torch.cat(parts)[:k]
 
+    def label(attack: str, purified: bool) -> str:
+        return attack_label(attack, purified, identity["grad"], identity["attack_steps"], identity["eot"])
+
     net = load_default_unet()
-    transfer = adversarial("none", attack_label("transfer", False, identity["grad"], identity["attack_steps"],
-                                                identity["eot"]))
+    transfer = adversarial("none", label("transfer", False))
     out_rows = [("clean image", x, _right(x, labels)),
                 ("PGD on the bare classifier (transfer)", transfer, _right(transfer, labels))]
     for name in args.preset:
         purifier = Purifier(net, preset=name, steps=args.steps)
         defense = defense_label(purifier.preset)
-        adaptive = adversarial(defense, attack_label("pgd", True, identity["grad"], identity["attack_steps"],
-                                                     identity["eot"]))
+        adaptive = adversarial(defense, label("pgd", True))
 
         def purify(images: torch.Tensor, purifier: Purifier = purifier) -> torch.Tensor:
             # The table's batches (k is n or a multiple of the batch size) and draw-0 seeds: the images it scored.
