@@ -19,7 +19,7 @@ from mimicfast.evaluate.protocols import PROTOCOLS
 from mimicfast.evaluate.rows import RowKey, read_rows
 from mimicfast.evaluate.spec import CLEAN, first_difference
 from mimicfast.evaluate.store import read_settings
-from mimicfast.evaluate.summary import PROTOCOL_TITLES, summarize_rows
+from mimicfast.evaluate.summary import PROTOCOL_TITLES, draws_needed, summarize_rows
 
 #: Largest move, in accuracy points, of a figure between budget k and 2k that still counts as converged.
 TOLERANCE = 2.0
@@ -68,11 +68,13 @@ def convergence(k_dir: Path, k2_dir: Path, tolerance: float = TOLERANCE) -> list
 def format_convergence(rows: list[dict], draws: int) -> str:
     """The k / 2k table (Markdown), accuracy in %."""
     protocols = [p for p in PROTOCOLS if any(p in r["k"] for r in rows)]
-    lines = ["| defense | attack | images | " + " | ".join(f"{PROTOCOL_TITLES[p].format(N=draws)}: k / 2k" for p in protocols) + " | verdict |",
+    titles = [f"{PROTOCOL_TITLES[p].format(N=draws)}: k / 2k" for p in protocols]
+    lines = ["| defense | attack | images | " + " | ".join(titles) + " | verdict |",
              "|---|---|---|" + "---|" * len(protocols) + "---|"]
     for r in rows:
         cells = [f"{r['k'][p]:.1f} / {r['2k'][p]:.1f}" if p in r["k"] else "-" for p in protocols]
-        lines.append(f"| {r['defense']} | {r['attack']} | {r['images']} | " + " | ".join(cells) + f" | {r['verdict']} |")
+        lines.append(f"| {r['defense']} | {r['attack']} | {r['images']} | " + " | ".join(cells)
+                     + f" | {r['verdict']} |")
     return "\n".join(lines)
 
 
@@ -84,10 +86,11 @@ def _finished(rows: dict[RowKey, dict], settings: dict) -> set[tuple[str, int]]:
         seen.setdefault((defense, attack, role, index), set()).add(draw)
     done = set()
     for defense, attacks in settings["runs"].items():
-        need = {"score": 1} if defense == "none" else {"score": settings["draws"], "choice": settings["choice_draws"]}
+        need = draws_needed(defense, settings)
         images = {index for (d, _, _, index) in seen if d == defense}
         done |= {(defense, i) for i in images
-                 if all(set(range(n)) <= seen.get((defense, a, role, i), set()) for a in attacks for role, n in need.items())}
+                 if all(set(range(n)) <= seen.get((defense, a, role, i), set())
+                        for a in attacks for role, n in need.items())}
     return done
 
 

@@ -50,16 +50,24 @@ MEANINGS = (
 )
 
 
+def draws_needed(defense: str, settings: dict) -> dict[str, int]:
+    """Per role, the draws an image needs written before it counts for ``defense``: one scoring draw for the bare
+    classifier; the folder's scoring and choice draws behind a purifier."""
+    if defense == "none":
+        return {"score": 1}
+    return {"score": settings["draws"], "choice": settings["choice_draws"]}
+
+
 def summarize_rows(rows: dict[RowKey, dict], settings: dict) -> list[dict]:
     """The summary rows of checked ``rows`` for a folder with ``settings`` (defenses and attacks in run order)."""
-    draws, choice = settings["draws"], settings["choice_draws"]
+    choice = settings["choice_draws"]
     labels = settings["labels"]
     by: dict[tuple[str, str, str], dict[int, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
     for (defense, attack, role, index, draw), row in rows.items():
         by[defense, attack, role][index][draw] = row
     out = []
     for defense, attacks in settings["runs"].items():
-        need = 1 if defense == "none" else draws
+        need = draws_needed(defense, settings)["score"]
         scored = {a: {i: [d[k]["pred"] for k in range(need)] for i, d in by[defense, a, "score"].items()
                       if all(k in d for k in range(need))} for a in attacks}
         table = dict(scored)
