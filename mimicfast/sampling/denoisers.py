@@ -43,6 +43,14 @@ class Denoiser(nn.Module):
     learned_variance: bool = False
     guidance_scales: Mapping[str, float] = MappingProxyType({})
 
+    def __init__(self, model: object = None) -> None:
+        """Wrap ``model`` as ``self.model`` and take the guidance scales it declares (None: a subclass that
+        computes D itself)."""
+        super().__init__()
+        if model is not None:
+            self.model = model
+            self.guidance_scales = dict(getattr(model, "guidance_scales", {}))
+
     def denoise_with_variance(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(x0_hat, v)``; ``v`` in [-1, 1] interpolates the log variance (None without learned variance)."""
         return self(x, sigma), None
@@ -91,14 +99,12 @@ class EpsTimestepDenoiser(Denoiser):
     """
 
     def __init__(self, model: nn.Module, betas: torch.Tensor | None = None) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         betas = linear_betas() if betas is None else torch.as_tensor(betas, dtype=torch.float64)
         self.register_buffer("train_sigmas", sigmas_from_alphas_cumprod(alphas_cumprod(betas)), persistent=False)
         self.image_size = getattr(model, "image_size", None)
         self.channels = getattr(model, "in_channels", None)
         self.learned_variance = bool(getattr(model, "learn_sigma", False))
-        self.guidance_scales = dict(getattr(model, "guidance_scales", {}))
 
     def sigmas(self, steps: int, spacing: str = "uniform") -> torch.Tensor:
         """The respaced grid read from the model's own training table ``train_sigmas`` (any length)."""
@@ -131,11 +137,9 @@ class SigmaDenoiser(Denoiser):
     """Wraps a network that already is ``D(x, sigma)`` (EDM preconditioners, user denoisers)."""
 
     def __init__(self, model: nn.Module | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.image_size = getattr(model, "img_resolution", getattr(model, "image_size", None))
         self.channels = getattr(model, "img_channels", getattr(model, "channels", None))
-        self.guidance_scales = dict(getattr(model, "guidance_scales", {}))
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return _checked_output(self.model(x, _per_sample(sigma, x)), x, x.shape[1], exact=True).to(x.dtype)
