@@ -90,6 +90,7 @@ class PrecisionDenoiser(Denoiser):
         self.image_size = inner.image_size
         self.channels = inner.channels
         self.learned_variance = inner.learned_variance
+        self.guidance_scales = inner.guidance_scales
         self._adapter = _WithVariance(inner)
         # Not registered as parameters/buffers: they are derived from inner's and must not appear twice.
         self._overrides = self._derived_weights(cast_weights)

@@ -43,7 +43,7 @@ class Denoiser(nn.Module):
     learned_variance: bool = False
     guidance_scales: Mapping[str, float] = MappingProxyType({})
 
-    def __init__(self, model: object = None) -> None:
+    def __init__(self, model: object | None = None) -> None:
         """Wrap ``model`` as ``self.model`` and take the guidance scales it declares (None: a subclass that
         computes D itself)."""
         super().__init__()

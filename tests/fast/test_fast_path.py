@@ -239,6 +239,13 @@ def test_precision_wrapper_casts_matrices_only() -> None:
     assert apply_policy(plain) is plain  # the plain policy adds nothing
 
 
+def test_precision_wrapper_keeps_declared_scales() -> None:
+    net = TinyEpsNet()
+    net.guidance_scales = {"paper": 0.02}
+    wrapped = apply_policy(as_denoiser(net), autocast=torch.bfloat16)
+    assert dict(wrapped.guidance_scales) == {"paper": 0.02}  # a preset named by name resolves the same through it
+
+
 def test_channels_last_matches_nchw() -> None:
     denoiser = as_denoiser(TinyEpsNet(learn_sigma=True).double())
     preset, y, seeds = _preset("paper"), _y(2), [1, 2]
